@@ -1,0 +1,323 @@
+"""The one Actor lifecycle every actor process uses.
+
+    load config -> init() (bind/connect, load data) -> READY -> wait RUN
+    -> run loop (one zmq.Poller: lifecycle + the actor's sockets + signal fd;
+       heartbeats both ways; timers; background work())
+    -> STOP: on_stop() (finish in-flight work, flush) -> STOPPED -> exit 0
+
+Started as ``python -m actors.<name> --run-dir DIR --config PATH``. Exit codes:
+0 clean stop, 1 unhandled exception or init failure (traceback in the log),
+2 config error, 3 orphan guard (supervisor heartbeats stopped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any, Callable
+
+import zmq
+
+import config as config_mod
+from bus import log as logmod
+from bus.codec import ProtocolError, Stamper
+from bus.messages import (
+    Command, CommandReply, Heartbeat, InitFailed, Ready, Run, Stop, Stopped,
+)
+from bus.sockets import Endpoints, Port, Received, open_port
+
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_ORPHAN = 0, 1, 2, 3
+ENV_SUPERVISOR_PID = "PAPERBUS_SUPERVISOR_PID"
+ENV_RUN_ID = "PAPERBUS_RUN_ID"
+_PR_SET_PDEATHSIG = 1
+DRAIN_MAX = 256  # messages taken from one socket per poll round, so no socket starves the others
+
+
+def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
+    """Die with the parent. Must run first thing in the child (Linux only).
+
+    PR_SET_PDEATHSIG fires when the parent *thread* exits, which is why the
+    supervisor spawns from its main thread. After setting it we compare
+    getppid() with the pid the supervisor told us: if it already died between
+    fork and prctl we were reparented and must leave now.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except OSError:
+        return
+    expected = os.environ.get(ENV_SUPERVISOR_PID)
+    if expected and os.getppid() != int(expected):
+        os._exit(EXIT_ORPHAN)
+
+
+class CommandError(Exception):
+    """Raised by on_command for a command the actor refuses; becomes an error reply."""
+
+
+class Timer:
+    __slots__ = ("interval", "fn", "due")
+
+    def __init__(self, interval: float, fn: Callable[[], Any], due: float):
+        self.interval, self.fn, self.due = interval, fn, due
+
+
+class Actor:
+    """Subclass and override the hooks: init, on_run, on_command, status, work, on_stop."""
+
+    name: str = "actor"
+
+    def __init__(self, cfg: config_mod.Config, run_dir: str, name: str | None = None, run_id: str = ""):
+        self.cfg = cfg
+        self.run_dir = os.path.abspath(run_dir)
+        if name:
+            self.name = name
+        self.run_id = run_id or os.environ.get(ENV_RUN_ID, "") or f"standalone-{os.getpid()}"
+        self.log = logmod.setup(self.run_dir, self.name, self.run_id, cfg.service.log_level)
+        self.ctx = zmq.Context()
+        self.endpoints = Endpoints.from_config(self.run_dir, cfg.bus)
+        self.stamper = Stamper(self.name, self.run_id)
+        self.hb_s = cfg.supervisor.heartbeat_ms / 1000.0
+        self.hb_timeout_s = self.hb_s * cfg.supervisor.heartbeat_misses
+        self.running = False  # True between RUN and STOP
+        self._stop_reason: str | None = None
+        self._exit_code = EXIT_OK
+        self._ports: list[Port] = []
+        self._handlers: dict[zmq.Socket, tuple[Port, Callable[[Port, Received], None]]] = {}
+        self._timers: list[Timer] = []
+        self._poller = zmq.Poller()
+        self._bad_logged = 0
+        self._last_sup = time.monotonic()
+        self._next_hb = 0.0
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.lifecycle: Port | None = None
+
+    # ------------------------------------------------------------------ hooks
+    def init(self) -> dict[str, Any]:
+        """Bind/connect sockets and load what the actor needs. Returns READY info."""
+        return {}
+
+    def on_run(self) -> None:
+        """Called once when RUN arrives: producers may start publishing."""
+
+    def on_command(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Handle a supervisor command; raise CommandError to refuse."""
+        raise CommandError(f"{self.name} does not handle command {cmd!r}")
+
+    def status(self) -> dict[str, Any]:
+        """Small dict sent with every heartbeat (shown by `ctl status`)."""
+        return {}
+
+    def work(self) -> bool:
+        """A bounded piece of background work; return True while more is pending."""
+        return False
+
+    def on_stop(self) -> None:
+        """Finish in-flight work and flush before STOPPED is sent."""
+
+    def on_bad_message(self, port: Port, err: ProtocolError) -> None:
+        """A message that did not decode. Default: count and log (rate-limited)."""
+        self._log_bad(port, err)
+
+    # ---------------------------------------------------------------- helpers
+    def open(self, name: str, *, bind: bool, handler: Callable[[Port, Received], None] | None = None,
+             **kw: Any) -> Port:
+        """Open a port through bus.sockets; with a handler it joins the poll loop."""
+        port = open_port(self.ctx, self.endpoints, name, bind=bind, stamper=self.stamper, **kw)
+        self._ports.append(port)
+        if handler is not None:
+            self._handlers[port.sock] = (port, handler)
+            self._poller.register(port.sock, zmq.POLLIN)
+        return port
+
+    def every(self, seconds: float, fn: Callable[[], Any]) -> Timer:
+        t = Timer(seconds, fn, time.monotonic() + seconds)
+        self._timers.append(t)
+        return t
+
+    def request_stop(self, reason: str, code: int = EXIT_OK) -> None:
+        if self._stop_reason is None:
+            self._stop_reason = reason
+            self._exit_code = code
+
+    def request(self, port: Port, msg: Any, timeout: float, expect: tuple[type, ...] | None = None) -> Received:
+        """Blocking request/reply on a DEALER port with a deadline (used during init)."""
+        port.send(msg)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no reply on {port.name} within {timeout:.1f}s")
+            if port.sock.poll(int(left * 1000) + 1, zmq.POLLIN):
+                rcv = port.recv()
+                if expect is None or isinstance(rcv.msg, expect):
+                    return rcv
+
+    def _log_bad(self, port: Port, err: ProtocolError) -> None:
+        self._bad_logged += 1
+        n = port.stats["bad"]
+        if self._bad_logged <= 20 or n % 1000 == 0:
+            self.log.warning("bad message dropped", endpoint=port.name, error=str(err), bad_total=n)
+
+    # ------------------------------------------------------------- lifecycle
+    def _send_lc(self, msg: Any) -> None:
+        assert self.lifecycle is not None
+        self.lifecycle.send(msg, flags=zmq.NOBLOCK)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.request_stop(f"signal {signal.Signals(signum).name}")
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass
+
+    def _handle_lifecycle(self, rcv: Received) -> None:
+        msg = rcv.msg
+        self._last_sup = time.monotonic()
+        if isinstance(msg, Heartbeat):
+            return
+        if isinstance(msg, Stop):
+            self.request_stop(msg.reason or "stop from supervisor")
+        elif isinstance(msg, Run):
+            if not self.running:
+                self.running = True
+                self.log.info("run")
+                self.on_run()
+        elif isinstance(msg, Command):
+            try:
+                data = self.on_command(msg.cmd, dict(msg.args))
+                reply = CommandReply(id=msg.id, ok=True, data=data or {})
+            except CommandError as e:
+                reply = CommandReply(id=msg.id, ok=False, error=str(e))
+            self._send_lc(reply)
+        else:
+            self.log.warning("unexpected lifecycle message", type=type(msg).__name__)
+
+    def _poll_once(self, timeout_ms: int) -> None:
+        events = self._poller.poll(timeout_ms)
+        for sock, _ev in events:
+            if sock is self._wake_r.fileno() or sock == self._wake_r.fileno():
+                try:
+                    while self._wake_r.recv(64):
+                        pass
+                except (BlockingIOError, OSError):
+                    pass
+                continue
+            port, handler = self._handlers[sock]
+            for _ in range(DRAIN_MAX):
+                try:
+                    rcv = port.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                except ProtocolError as e:
+                    if port is self.lifecycle:
+                        self._log_bad(port, e)
+                    else:
+                        self.on_bad_message(port, e)
+                    continue
+                handler(port, rcv)
+                if self._stop_reason is not None:
+                    break
+
+    def _timeout_ms(self, now: float, busy: bool) -> int:
+        if busy or self._stop_reason is not None:
+            return 0
+        due = self._next_hb
+        for t in self._timers:
+            if t.due < due:
+                due = t.due
+        return max(0, min(int((due - now) * 1000) + 1, 1000))
+
+    def _housekeeping(self, now: float) -> None:
+        if now >= self._next_hb:
+            self._next_hb = now + self.hb_s
+            info = self.status() if self.running else {}
+            self._send_lc(Heartbeat(info=info))
+        if now - self._last_sup > self.hb_timeout_s:
+            self.log.error("supervisor heartbeats stopped; stopping (orphan guard)",
+                           silent_s=round(now - self._last_sup, 3))
+            self.request_stop("orphan guard", EXIT_ORPHAN)
+
+    def serve(self) -> int:
+        """Run the whole lifecycle; returns the process exit code."""
+        old = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        self._poller.register(self._wake_r.fileno(), zmq.POLLIN)
+        try:
+            self.lifecycle = self.open("lifecycle", bind=False, identity=self.name,
+                                       handler=lambda p, r: self._handle_lifecycle(r))
+            t0 = time.monotonic()
+            try:
+                info = self.init()
+            except Exception as e:
+                self.log.exception("init failed", error=str(e))
+                self._send_lc(InitFailed(reason=f"{type(e).__name__}: {e}"[:4000]))
+                return EXIT_ERROR
+            self._send_lc(Ready(info=info or {}))
+            self.log.info("ready", init_s=round(time.monotonic() - t0, 4), **{k: v for k, v in (info or {}).items()
+                                                                                if isinstance(v, (int, float, str))})
+            self._last_sup = time.monotonic()
+            busy = False
+            while self._stop_reason is None:
+                now = time.monotonic()
+                self._poll_once(self._timeout_ms(now, busy))
+                now = time.monotonic()
+                for t in self._timers:
+                    if now >= t.due and self.running:
+                        t.due = now + t.interval
+                        t.fn()
+                self._housekeeping(now)
+                busy = self.work() if self.running and self._stop_reason is None else False
+            self.log.info("stopping", reason=self._stop_reason)
+            self.on_stop()
+            if self._exit_code != EXIT_ORPHAN:
+                self._send_lc(Stopped())
+            self.log.info("stopped", exit_code=self._exit_code)
+            return self._exit_code
+        except Exception as e:
+            self.log.exception("unhandled exception", error=str(e))
+            return EXIT_ERROR
+        finally:
+            signal.set_wakeup_fd(old)
+            for p in self._ports:
+                p.close()
+            self.ctx.term()
+
+
+def parse_args(argv: list[str] | None, default_name: str) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=f"paperbus actor {default_name}")
+    ap.add_argument("--run-dir", required=True, help="run directory (sockets, logs, ledger)")
+    ap.add_argument("--config", default=None, help="config file (TOML or JSON); default config/default.toml")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="K=V", help="override a config key")
+    ap.add_argument("--name", default=default_name, help="actor name (lifecycle identity)")
+    ap.add_argument("--run-id", default="", help="run id (default: $PAPERBUS_RUN_ID)")
+    return ap.parse_args(argv)
+
+
+def main(cls: type[Actor], argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m actors.<name>``."""
+    set_pdeathsig()
+    args = parse_args(argv, cls.name)
+    try:
+        cfg = config_mod.load(args.config, args.sets)
+    except config_mod.ConfigError as e:
+        print(f"{args.name}: config error: {e}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    try:
+        actor = cls(cfg, args.run_dir, name=args.name, run_id=args.run_id)
+    except Exception as e:
+        print(f"{args.name}: cannot start: {type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
+    code = actor.serve()
+    sys.stdout.flush()
+    sys.exit(code)

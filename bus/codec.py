@@ -1,0 +1,110 @@
+"""msgpack through msgspec: one Encoder and one Decoder per channel, made once.
+
+Every decoding failure becomes ``ProtocolError(channel, reason)``; nothing else
+escapes ``decode``. That is what lets every receive loop survive any byte.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import msgspec
+
+from .messages import CHANNEL_UNIONS, SCHEMA_VERSION, Envelope
+
+# Largest payload a channel accepts, in bytes. Client-facing sockets also set
+# ZMQ MAXMSGSIZE (bus.sockets) so oversized frames never reach Python.
+MAX_BYTES: dict[str, int] = {
+    "lifecycle": 1 << 20,
+    "control": 64 << 10,
+    "md": 16 << 20,  # a BarBatch or a HistoryReply can be large
+    "orders": 4 << 20,  # a QueryReply lists every open order
+    "state": 16 << 20,
+}
+
+
+class ProtocolError(Exception):
+    """A payload that does not decode as a message of its channel."""
+
+    def __init__(self, channel: str, reason: str):
+        super().__init__(f"channel {channel}: {reason}")
+        self.channel = channel
+        self.reason = reason
+        self.ident: bytes | None = None  # ROUTER sockets: the sender, for an error reply
+        self.delim = False
+
+
+class Codec:
+    """Encoder/decoder pair for one channel."""
+
+    __slots__ = ("channel", "max_bytes", "_enc", "_dec", "_env_type")
+
+    def __init__(self, channel: str):
+        if channel not in CHANNEL_UNIONS:
+            raise KeyError(f"unknown channel {channel!r}")
+        self.channel = channel
+        self.max_bytes = MAX_BYTES[channel]
+        self._env_type = Envelope[CHANNEL_UNIONS[channel]]  # type: ignore[index]
+        self._enc = msgspec.msgpack.Encoder()
+        self._dec = msgspec.msgpack.Decoder(self._env_type)
+
+    def encode(self, env: Envelope) -> bytes:
+        return self._enc.encode(env)
+
+    def decode(self, data: bytes | memoryview) -> Envelope:
+        n = len(data)
+        if n > self.max_bytes:
+            raise ProtocolError(self.channel, f"oversized message: {n} bytes > limit {self.max_bytes}")
+        if n == 0:
+            raise ProtocolError(self.channel, "empty payload")
+        try:
+            env = self._dec.decode(data)
+        except msgspec.ValidationError as e:
+            text = str(e)
+            if text.endswith("`$.v`"):
+                raise ProtocolError(self.channel, f"bad schema version field: {text}") from None
+            if "Invalid value" in text and "$.msg.type" in text:
+                raise ProtocolError(self.channel, f"message type not allowed on this channel: {text}") from None
+            raise ProtocolError(self.channel, f"invalid message: {text}") from None
+        except msgspec.DecodeError as e:
+            raise ProtocolError(self.channel, f"malformed msgpack: {e}") from None
+        except Exception as e:  # defensive: nothing but ProtocolError may escape
+            raise ProtocolError(self.channel, f"undecodable payload: {type(e).__name__}: {e}") from None
+        if env.v != SCHEMA_VERSION:
+            raise ProtocolError(
+                self.channel, f"unsupported schema version {env.v} (this build speaks {SCHEMA_VERSION})"
+            )
+        return env
+
+
+_CODECS: dict[str, Codec] = {}
+
+
+def codec(channel: str) -> Codec:
+    """The process-wide codec of a channel (made on first use, then reused)."""
+    c = _CODECS.get(channel)
+    if c is None:
+        c = _CODECS[channel] = Codec(channel)
+    return c
+
+
+class Stamper:
+    """Wraps messages in envelopes with this process's header and per-channel seq."""
+
+    __slots__ = ("src", "pid", "run", "_seq")
+
+    def __init__(self, src: str, run: str, pid: int | None = None):
+        self.src = src
+        self.run = run
+        self.pid = os.getpid() if pid is None else pid
+        self._seq: dict[str, int] = {}
+
+    def envelope(self, channel: str, msg: Any) -> Envelope:
+        seq = self._seq.get(channel, 0) + 1
+        self._seq[channel] = seq
+        return Envelope(v=SCHEMA_VERSION, src=self.src, pid=self.pid, run=self.run, seq=seq, ts=time.time_ns(), msg=msg)
+
+    def encode(self, channel: str, msg: Any) -> bytes:
+        return codec(channel).encode(self.envelope(channel, msg))

@@ -1,0 +1,304 @@
+"""The one place sockets are made.
+
+Every endpoint of the system is declared in ``SPECS``: who binds it, with which
+socket types, which channel it carries, its high-water marks and whether it
+faces clients (then MAXMSGSIZE is set so an oversized frame is dropped inside
+libzmq). ``Endpoints`` maps names to addresses: by default ``ipc://`` files in
+the run directory (0700), so two run directories never clash.
+
+Frames on the wire:
+  PUB/SUB:        [topic, payload]
+  DEALER->ROUTER: [payload]            (ROUTER sees [identity, payload])
+  REQ->ROUTER:    ["", payload]        (the empty delimiter is echoed back)
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import zmq
+
+from .codec import ProtocolError, Stamper, codec
+from .messages import Envelope
+
+LINGER_MS = 200  # bounded: context.term() never hangs on unsent messages
+IPC_PATH_MAX = 100  # sun_path is 108 bytes on Linux; keep a margin
+
+
+@dataclass(frozen=True)
+class SocketSpec:
+    channel: str
+    bind_type: int
+    connect_type: int
+    binder: str  # process that binds it
+    sndhwm: int = 1000
+    rcvhwm: int = 1000
+    client_facing: bool = False  # set MAXMSGSIZE on the bound socket
+    mandatory: bool = False  # ROUTER_MANDATORY: a lost reply raises instead of vanishing
+    doc: str = ""
+
+
+SPECS: dict[str, SocketSpec] = {
+    "control": SocketSpec(
+        "control", zmq.ROUTER, zmq.DEALER, "supervisor", client_facing=True, mandatory=True,
+        doc="ctl CLI requests -> supervisor",
+    ),
+    "lifecycle": SocketSpec(
+        "lifecycle", zmq.ROUTER, zmq.DEALER, "supervisor", sndhwm=10_000, rcvhwm=10_000, mandatory=True,
+        doc="READY/RUN/heartbeats/STOP/commands between supervisor and actors",
+    ),
+    "events": SocketSpec(
+        "lifecycle", zmq.PUB, zmq.SUB, "supervisor", sndhwm=10_000, rcvhwm=10_000,
+        doc="actor state changes published by the supervisor",
+    ),
+    "md": SocketSpec(
+        "md", zmq.PUB, zmq.SUB, "market-data", sndhwm=100_000, rcvhwm=100_000,
+        doc="bars, ticks, end-of-data",
+    ),
+    "md.ref": SocketSpec(
+        "md", zmq.ROUTER, zmq.DEALER, "market-data", client_facing=True, mandatory=True,
+        doc="instrument master and history requests",
+    ),
+    "orders": SocketSpec(
+        "orders", zmq.ROUTER, zmq.DEALER, "paper-exchange", sndhwm=100_000, rcvhwm=100_000,
+        client_facing=True, mandatory=True, doc="order entry",
+    ),
+    "exec": SocketSpec(
+        "orders", zmq.PUB, zmq.SUB, "paper-exchange", sndhwm=100_000, rcvhwm=100_000,
+        doc="fills, order updates, account updates",
+    ),
+    "state": SocketSpec(
+        "state", zmq.PUB, zmq.SUB, "state-publisher", sndhwm=10_000, rcvhwm=10_000, client_facing=True,
+        doc="sequenced state deltas and heartbeats (Clone pattern)",
+    ),
+    "state.snap": SocketSpec(
+        "state", zmq.ROUTER, zmq.DEALER, "state-publisher", client_facing=True, mandatory=True,
+        doc="state snapshots on request (Clone pattern)",
+    ),
+}
+
+CLIENT_MAX_MSG = 1 << 20  # MAXMSGSIZE on client-facing sockets
+
+
+class EndpointError(ValueError):
+    pass
+
+
+class Endpoints:
+    """Registry name -> endpoint address.
+
+    ``transport`` "ipc" (default) puts ``<name>.sock`` files in the run dir;
+    "tcp" uses ``tcp_host`` (127.0.0.1 by default) and ``tcp_base_port + i``.
+    ``overrides`` replaces single entries.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        transport: str = "ipc",
+        tcp_host: str = "127.0.0.1",
+        tcp_base_port: int = 47100,
+        overrides: dict[str, str] | None = None,
+    ):
+        self.run_dir = os.path.abspath(os.fspath(run_dir))
+        self._map: dict[str, str] = {}
+        for i, name in enumerate(SPECS):
+            if transport == "ipc":
+                path = os.path.join(self.run_dir, f"{name}.sock")
+                if len(path) > IPC_PATH_MAX:
+                    raise EndpointError(
+                        f"ipc path too long ({len(path)} > {IPC_PATH_MAX} bytes): {path}; use a shorter --run-dir"
+                    )
+                self._map[name] = f"ipc://{path}"
+            elif transport == "tcp":
+                self._map[name] = f"tcp://{tcp_host}:{tcp_base_port + i}"
+            else:
+                raise EndpointError(f"unknown transport {transport!r} (ipc or tcp)")
+        for name, addr in (overrides or {}).items():
+            if name not in SPECS:
+                raise EndpointError(f"unknown endpoint name {name!r} (known: {', '.join(SPECS)})")
+            if not addr.startswith(("ipc://", "tcp://", "inproc://")):
+                raise EndpointError(f"endpoint {name}: {addr!r} is not ipc://, tcp:// or inproc://")
+            self._map[name] = addr
+
+    def __getitem__(self, name: str) -> str:
+        return self._map[name]
+
+    def as_dict(self) -> dict[str, str]:
+        return dict(self._map)
+
+    @classmethod
+    def from_config(cls, run_dir: str | os.PathLike, bus_cfg: Any) -> "Endpoints":
+        return cls(
+            run_dir,
+            transport=bus_cfg.transport,
+            tcp_host=bus_cfg.tcp_host,
+            tcp_base_port=bus_cfg.tcp_base_port,
+            overrides=dict(bus_cfg.endpoints),
+        )
+
+
+def ensure_run_dir(path: str | os.PathLike) -> str:
+    """Create the run directory private to the user (0700)."""
+    p = os.path.abspath(os.fspath(path))
+    os.makedirs(p, mode=0o700, exist_ok=True)
+    os.chmod(p, 0o700)
+    os.makedirs(os.path.join(p, "logs"), mode=0o700, exist_ok=True)
+    return p
+
+
+@dataclass
+class Received:
+    env: Envelope
+    ident: bytes | None = None  # ROUTER: who sent it
+    topic: bytes | None = None  # SUB: topic frame
+    delim: bool = False  # the peer is a REQ socket (reply needs the empty frame)
+
+    @property
+    def msg(self) -> Any:
+        return self.env.msg
+
+
+@dataclass
+class Port:
+    """A socket bound to one channel: stamps headers on send, decodes on receive."""
+
+    sock: zmq.Socket
+    name: str
+    channel: str
+    stamper: Stamper
+    role: str  # "bind" or "connect"
+    sock_type: int
+    stats: dict[str, int] = field(default_factory=lambda: {"bad": 0, "unroutable": 0, "dropped": 0})
+
+    def send(self, msg: Any, *, topic: str | bytes | None = None, to: bytes | None = None,
+             delim: bool = False, flags: int = 0) -> bool:
+        """Send one message. Returns False if ROUTER could not route it or HWM hit with NOBLOCK."""
+        payload = self.stamper.encode(self.channel, msg)
+        return self.send_raw(payload, topic=topic, to=to, delim=delim, flags=flags)
+
+    def send_raw(self, payload: bytes, *, topic: str | bytes | None = None, to: bytes | None = None,
+                 delim: bool = False, flags: int = 0) -> bool:
+        frames: list[bytes] = []
+        if to is not None:
+            frames.append(to)
+            if delim:
+                frames.append(b"")
+        if topic is not None:
+            frames.append(topic.encode() if isinstance(topic, str) else topic)
+        frames.append(payload)
+        try:
+            self.sock.send_multipart(frames, flags=flags, copy=len(payload) < 8192)
+            return True
+        except zmq.Again:
+            self.stats["dropped"] += 1
+            return False
+        except zmq.ZMQError as e:
+            if e.errno == zmq.EHOSTUNREACH:
+                self.stats["unroutable"] += 1
+                return False
+            raise
+
+    def recv(self, flags: int = 0) -> Received:
+        """Receive and decode one message; raises ProtocolError on any bad input."""
+        frames = self.sock.recv_multipart(flags=flags, copy=True)
+        return self.parse(frames)
+
+    def parse(self, frames: list[bytes]) -> Received:
+        t = self.sock_type
+        c = codec(self.channel)
+        if t == zmq.ROUTER:
+            ident = frames[0]
+            rest = frames[1:]
+            delim = False
+            if len(rest) == 2 and rest[0] == b"":
+                delim, rest = True, rest[1:]
+            try:
+                if len(rest) != 1:
+                    raise ProtocolError(self.channel, f"expected 1 payload frame, got {len(frames) - 1} frames")
+                env = c.decode(rest[0])
+            except ProtocolError as e:
+                self.stats["bad"] += 1
+                e.ident, e.delim = ident, delim  # lets the receiver send an error reply
+                raise
+            return Received(env, ident=ident, delim=delim)
+        if t == zmq.SUB:
+            if len(frames) != 2:
+                self.stats["bad"] += 1
+                raise ProtocolError(self.channel, f"expected [topic, payload], got {len(frames)} frames")
+            try:
+                return Received(c.decode(frames[1]), topic=frames[0])
+            except ProtocolError:
+                self.stats["bad"] += 1
+                raise
+        # DEALER / REQ: optional empty delimiter
+        rest = frames[1:] if len(frames) == 2 and frames[0] == b"" else frames
+        if len(rest) != 1:
+            self.stats["bad"] += 1
+            raise ProtocolError(self.channel, f"expected 1 payload frame, got {len(frames)} frames")
+        try:
+            return Received(c.decode(rest[0]))
+        except ProtocolError:
+            self.stats["bad"] += 1
+            raise
+
+    def close(self) -> None:
+        self.sock.close(linger=LINGER_MS)
+
+
+def open_port(
+    ctx: zmq.Context,
+    endpoints: Endpoints,
+    name: str,
+    *,
+    bind: bool,
+    stamper: Stamper,
+    identity: str | bytes | None = None,
+    subscribe: Iterable[str | bytes] = (),
+    sndhwm: int | None = None,
+    rcvhwm: int | None = None,
+    sock_type: int | None = None,
+) -> Port:
+    """Create, configure and bind/connect the socket for endpoint ``name``."""
+    spec = SPECS[name]
+    st = sock_type if sock_type is not None else (spec.bind_type if bind else spec.connect_type)
+    s = ctx.socket(st)
+    s.setsockopt(zmq.LINGER, LINGER_MS)
+    s.setsockopt(zmq.SNDHWM, sndhwm if sndhwm is not None else spec.sndhwm)
+    s.setsockopt(zmq.RCVHWM, rcvhwm if rcvhwm is not None else spec.rcvhwm)
+    if bind and spec.client_facing:
+        s.setsockopt(zmq.MAXMSGSIZE, CLIENT_MAX_MSG)
+    if st == zmq.ROUTER:
+        if spec.mandatory:
+            s.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # A restarted peer reconnecting with the same identity takes it over.
+        s.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    if identity is not None and st in (zmq.DEALER, zmq.REQ, zmq.ROUTER):
+        s.setsockopt(zmq.IDENTITY, identity.encode() if isinstance(identity, str) else identity)
+    if st == zmq.SUB:
+        subs = list(subscribe)
+        for topic in subs:
+            s.setsockopt(zmq.SUBSCRIBE, topic.encode() if isinstance(topic, str) else topic)
+    if st in (zmq.DEALER, zmq.REQ):
+        s.setsockopt(zmq.IMMEDIATE, 0)
+    addr = endpoints[name]
+    try:
+        if bind:
+            s.bind(addr)
+            if addr.startswith("ipc://"):
+                os.chmod(addr[len("ipc://"):], stat.S_IRUSR | stat.S_IWUSR)  # 0600
+        else:
+            s.connect(addr)
+    except Exception:
+        s.close(linger=0)
+        raise
+    return Port(s, name, spec.channel, stamper, "bind" if bind else "connect", st)
+
+
+def topic_for(kind: str, symbol: str = "") -> bytes:
+    """Topic scheme: md.bar.<SYM>, md.tick.<SYM>, md.eod, exec.fill.<SYM>,
+    exec.order.<SYM>, acct.update, state.delta, state.hb, events.actor."""
+    return f"{kind}.{symbol}".encode() if symbol else kind.encode()

@@ -1,0 +1,269 @@
+"""Configuration: TOML files loaded with tomllib into msgspec Structs.
+
+A wrong type, a missing required key or an unknown key is a ``ConfigError``
+naming the key and the file; programs exit with code 2 on it.
+``--set section.key=value`` overrides are applied before validation; the value
+is parsed as a TOML value (``42``, ``true``, ``"x"``, ``[1, 2]``) and taken as
+a bare string when it is not one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+from typing import Annotated
+
+DEFAULT_PATH = Path(__file__).with_name("default.toml")
+EXIT_CONFIG = 2
+
+PosFloat = Annotated[float, Meta(gt=0)]
+NonNegFloat = Annotated[float, Meta(ge=0)]
+PosInt = Annotated[int, Meta(gt=0)]
+
+
+class ConfigError(Exception):
+    """A configuration problem; message names the file and the key."""
+
+
+class _S(Struct, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class ServiceCfg(_S):
+    run_dir: str = "run"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    mode: Literal["live", "backtest"] = "live"
+
+
+class BusCfg(_S):
+    transport: Literal["ipc", "tcp"] = "ipc"
+    tcp_host: str = "127.0.0.1"
+    tcp_base_port: Annotated[int, Meta(ge=1024, le=65000)] = 47100
+    endpoints: dict[str, str] = {}
+
+
+class SupervisorCfg(_S):
+    heartbeat_ms: Annotated[int, Meta(ge=10, le=60_000)] = 250
+    heartbeat_misses: Annotated[int, Meta(ge=2, le=100)] = 8
+    max_restarts: Annotated[int, Meta(ge=0)] = 5
+    max_seconds: PosFloat = 60.0
+    backoff_initial_ms: Annotated[int, Meta(ge=0)] = 100
+    backoff_max_ms: Annotated[int, Meta(ge=0)] = 5_000
+    stable_seconds: PosFloat = 30.0
+    # Actors restarted together with the key actor (see docs/ARCHITECTURE.md).
+    restart_with: dict[str, list[str]] = {}
+
+
+class ActorCfg(_S):
+    module: str
+    after: list[str] = []
+    restart: Literal["permanent", "transient", "temporary"] = "permanent"
+    start_timeout: PosFloat = 10.0
+    stop_timeout: PosFloat = 5.0
+    enabled: bool = True
+
+
+class MarketDataCfg(_S):
+    instruments: str = "synthetic"  # path to CSV/TOML, or "synthetic"
+    feed: Literal["synthetic", "replay"] = "synthetic"
+    # synthetic feed
+    symbols: list[str] = msgspec.field(default_factory=lambda: ["SYN1", "SYN2"])
+    start_price: PosFloat = 100.0
+    drift: float = 0.0
+    volatility: NonNegFloat = 0.2
+    rate_hz: PosFloat = 10.0
+    seed: int = 1
+    bar_seconds: PosFloat = 60.0
+    # replay feed
+    path: str = ""
+    format: Literal["auto", "csv", "parquet"] = "auto"
+    kind: Literal["bars", "ticks"] = "bars"
+    symbol: str = ""
+    timestamp_column: str = ""
+    columns: dict[str, str] = {}
+    speed: NonNegFloat = 0.0  # 0 = as fast as possible, N = real time x N
+    chunk_rows: PosInt = 50_000
+    batch_bars: PosInt = 512
+
+
+class ExchangeCfg(_S):
+    initial_cash: PosFloat = 1_000_000.0
+    fill_on: Literal["next_open", "close"] = "next_open"
+    commission_pct: NonNegFloat = 0.0
+    commission_per_unit: NonNegFloat = 0.0
+    commission_min: NonNegFloat = 0.0
+    slippage_bps: NonNegFloat = 0.0
+    max_position: PosInt = 1_000_000
+    max_order_notional: PosFloat = 10_000_000.0
+    max_open_orders: PosInt = 1_000
+    export_every_ms: Annotated[int, Meta(ge=0)] = 1000
+
+
+class StrategyCfg(_S):
+    plugin: str = "actors.strategies.sma_cross:SmaCross"
+    symbols: list[str] = []  # empty: every instrument
+    params: dict[str, Any] = {}
+
+
+class StateCfg(_S):
+    status_every_ms: Annotated[int, Meta(ge=0)] = 250
+    last_trades: PosInt = 50
+    heartbeat_ms: Annotated[int, Meta(ge=10)] = 1000
+    pub_hwm: PosInt = 10_000
+
+
+class Config(_S):
+    service: ServiceCfg = msgspec.field(default_factory=ServiceCfg)
+    bus: BusCfg = msgspec.field(default_factory=BusCfg)
+    supervisor: SupervisorCfg = msgspec.field(default_factory=SupervisorCfg)
+    actors: dict[str, ActorCfg] = {}
+    market_data: MarketDataCfg = msgspec.field(default_factory=MarketDataCfg)
+    exchange: ExchangeCfg = msgspec.field(default_factory=ExchangeCfg)
+    strategy: StrategyCfg = msgspec.field(default_factory=StrategyCfg)
+    state: StateCfg = msgspec.field(default_factory=StateCfg)
+
+
+_KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
+
+
+def parse_set(item: str) -> tuple[list[str], Any]:
+    """Parse one ``--set a.b.c=value`` into (["a","b","c"], value)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected section.key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not _KEY_RE.match(key) or "." not in key:
+        raise ConfigError(f"--set {item!r}: key {key!r} must look like section.key")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word is a string
+    return key.split("."), value
+
+
+def _apply(doc: dict, path: list[str], value: Any, item: str) -> None:
+    cur = doc
+    for part in path[:-1]:
+        nxt = cur.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {item!r}: {part!r} is not a table")
+        cur = nxt
+    cur[path[-1]] = value
+
+
+def _humanize(err: msgspec.ValidationError) -> str:
+    text = str(err)
+    m = re.search(r" - at `\$\.?(.*)`$", text)
+    key, reason = "", text
+    if m:
+        key = m.group(1).replace("[", ".").replace("]", "").replace("'", "").replace('"', "")
+        reason = text[: m.start()]
+    u = re.match(r"Object contains unknown field `(.+)`$", reason)
+    if u:
+        return f"unknown key {key + '.' if key else ''}{u.group(1)}"
+    return f"key {key}: {reason}" if key else reason
+
+
+def load_raw(path: str | os.PathLike | None) -> tuple[dict, str]:
+    p = Path(path) if path is not None else DEFAULT_PATH
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {p}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {p}: {e.strerror}") from None
+    try:
+        if p.suffix == ".json":
+            doc = json.loads(data)
+        else:
+            doc = tomllib.loads(data.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'TOML'}: {e}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{p}: top level must be a table")
+    return doc, str(p)
+
+
+def load(path: str | os.PathLike | None = None, sets: list[str] | None = None) -> Config:
+    """Load, apply overrides, validate. Raises ConfigError."""
+    doc, where = load_raw(path)
+    for item in sets or []:
+        keys, value = parse_set(item)
+        _apply(doc, keys, value, item)
+    src = where + (" (with --set overrides)" if sets else "")
+    actors = doc.get("actors")
+    if isinstance(actors, dict):
+        # Checked one by one: msgspec names a dict key only as "[...]".
+        for name, table in actors.items():
+            try:
+                msgspec.convert(table, ActorCfg)
+            except msgspec.ValidationError as e:
+                err = _humanize(e).replace("key ", f"key actors.{name}.", 1).replace(
+                    "unknown key ", f"unknown key actors.{name}.", 1)
+                if not err.startswith(("key ", "unknown key ")):
+                    err = f"key actors.{name}: {err}"
+                raise ConfigError(f"{src}: {err}") from None
+    try:
+        cfg = msgspec.convert(doc, Config)
+    except msgspec.ValidationError as e:
+        raise ConfigError(f"{src}: {_humanize(e)}") from None
+    validate(cfg, where)
+    return cfg
+
+
+def validate(cfg: Config, where: str) -> None:
+    """Cross-field checks msgspec cannot express."""
+    names = set(cfg.actors)
+    for name, a in cfg.actors.items():
+        if not re.match(r"^[a-z0-9][a-z0-9_\-]*$", name):
+            raise ConfigError(f"{where}: key actors.{name}: actor names are lowercase letters, digits, - and _")
+        for dep in a.after:
+            if dep not in names:
+                raise ConfigError(f"{where}: key actors.{name}.after: unknown actor {dep!r}")
+    for key, group in cfg.supervisor.restart_with.items():
+        for n in [key, *group]:
+            if n not in names:
+                raise ConfigError(f"{where}: key supervisor.restart_with.{key}: unknown actor {n!r}")
+    if cfg.supervisor.backoff_max_ms < cfg.supervisor.backoff_initial_ms:
+        raise ConfigError(f"{where}: key supervisor.backoff_max_ms: must be >= backoff_initial_ms")
+    start_order(cfg, where)
+
+
+def start_order(cfg: Config, where: str = "config") -> list[str]:
+    """Topological order of enabled actors by ``after``; a cycle is a ConfigError.
+
+    Ties are broken by the order actors appear in the file, so the order is stable.
+    """
+    enabled = [n for n, a in cfg.actors.items() if a.enabled]
+    deps = {n: [d for d in cfg.actors[n].after if d in enabled] for n in enabled}
+    order: list[str] = []
+    state: dict[str, int] = {}
+
+    def visit(n: str, stack: list[str]) -> None:
+        s = state.get(n, 0)
+        if s == 2:
+            return
+        if s == 1:
+            cyc = stack[stack.index(n):] + [n]
+            raise ConfigError(f"{where}: key actors: start-order cycle {' -> '.join(cyc)}")
+        state[n] = 1
+        for d in deps[n]:
+            visit(d, stack + [n])
+        state[n] = 2
+        order.append(n)
+
+    for n in enabled:
+        visit(n, [])
+    return order
+
+
+def to_json_bytes(cfg: Config) -> bytes:
+    """The effective config, as handed to actors (``--config run/config.json``)."""
+    return msgspec.json.format(msgspec.json.encode(cfg), indent=2)

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.harness import Procs  # noqa: E402
+
+
+@pytest.fixture
+def run_dir():
+    # Short path: ipc socket paths must fit in sun_path (108 bytes).
+    d = tempfile.mkdtemp(prefix="pb-", dir="/tmp")
+    os.chmod(d, 0o700)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def procs():
+    """Spawn processes through this; any survivor fails the test after being killed."""
+    p = Procs()
+    yield p
+    left = p.cleanup()
+    assert not left, f"test left processes running: {left}"

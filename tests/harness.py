@@ -1,0 +1,220 @@
+"""Test harness: real processes, real sockets, nothing left behind.
+
+Every process a test starts goes through ``Procs.spawn``; it carries an
+environment marker (``PAPERBUS_TEST_TAG``) that children inherit, so teardown
+can find every descendant, even one reparented to init, kill it and fail the
+test that leaked it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import zmq
+
+import config as config_mod
+from bus.codec import ProtocolError, Stamper
+from bus.messages import Heartbeat, Run, Stop
+from bus.sockets import Endpoints, Received, ensure_run_dir, open_port
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+TAG_ENV = "PAPERBUS_TEST_TAG"
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.01) -> Any:
+    """Poll ``pred`` until truthy or the deadline passes (a poll with a deadline, not a sleep)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        # Block on nothing in particular for a tick; callers that can wait on a
+        # socket or a pipe do so instead.
+        time.sleep(interval)
+
+
+def tagged_pids(tag: str) -> list[int]:
+    """Live (non-zombie) processes whose environment carries ``tag``."""
+    needle = f"{TAG_ENV}={tag}".encode()
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/environ", "rb") as f:
+                env = f.read()
+            if needle not in env.split(b"\0"):
+                continue
+            with open(f"/proc/{d}/stat", "rb") as f:
+                st = f.read()
+            state = st[st.rindex(b")") + 2:st.rindex(b")") + 3]
+            if state != b"Z":
+                out.append(int(d))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def pid_state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            st = f.read()
+        return st[st.rindex(b")") + 2:st.rindex(b")") + 3].decode()
+    except OSError:
+        return None
+
+
+class Procs:
+    """Spawns tagged processes and guarantees none survive the test."""
+
+    def __init__(self) -> None:
+        self.tag = uuid.uuid4().hex[:12]
+        self.popens: list[subprocess.Popen] = []
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = dict(os.environ)
+        env[TAG_ENV] = self.tag
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        env.pop("PAPERBUS_SUPERVISOR_PID", None)
+        if extra:
+            env.update(extra)
+        return env
+
+    def spawn(self, args: list[str], *, env: dict[str, str] | None = None, new_session: bool = True,
+              **kw: Any) -> subprocess.Popen:
+        p = subprocess.Popen(args, env=self.env(env), cwd=kw.pop("cwd", ROOT), start_new_session=new_session,
+                             **kw)
+        self.popens.append(p)
+        return p
+
+    def python(self, *args: str, **kw: Any) -> subprocess.Popen:
+        return self.spawn([PY, *args], **kw)
+
+    def leftovers(self) -> list[int]:
+        return tagged_pids(self.tag)
+
+    def cleanup(self) -> list[int]:
+        """Kill everything still alive; return the pids that were left."""
+        left = []
+        deadline = time.monotonic() + 3.0
+        # Let processes that are already on their way out finish.
+        while time.monotonic() < deadline:
+            for p in self.popens:
+                p.poll()
+            left = self.leftovers()
+            if not left:
+                break
+            time.sleep(0.02)
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for p in self.popens:
+            if p.poll() is None:
+                try:
+                    p.kill()
+                except ProcessLookupError:
+                    pass
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+            for f in (p.stdout, p.stderr, p.stdin):
+                if f:
+                    f.close()
+        return left
+
+
+class FakeSupervisor:
+    """The supervisor's side of the lifecycle channel, for testing one actor alone."""
+
+    def __init__(self, run_dir: str, cfg: config_mod.Config | None = None, run_id: str = "test-run"):
+        self.run_dir = ensure_run_dir(run_dir)
+        self.cfg = cfg or config_mod.load()
+        self.ctx = zmq.Context()
+        self.stamper = Stamper("supervisor", run_id)
+        self.endpoints = Endpoints.from_config(self.run_dir, self.cfg.bus)
+        self.port = open_port(self.ctx, self.endpoints, "lifecycle", bind=True, stamper=self.stamper)
+        self.events: list[tuple[bytes, Any]] = []
+        self.heartbeating = True
+        self._next_hb = 0.0
+
+    def write_config(self, cfg: config_mod.Config | None = None) -> str:
+        path = os.path.join(self.run_dir, "config.json")
+        with open(path, "wb") as f:
+            f.write(config_mod.to_json_bytes(cfg or self.cfg))
+        return path
+
+    def pump(self, timeout: float) -> list[Received]:
+        """Receive for up to ``timeout`` s (sending heartbeats); return what arrived."""
+        got = []
+        deadline = time.monotonic() + timeout
+        while True:
+            now = time.monotonic()
+            if self.heartbeating and now >= self._next_hb:
+                self._next_hb = now + self.cfg.supervisor.heartbeat_ms / 1000
+                for ident in {e[0] for e in self.events}:
+                    self.port.send(Heartbeat(), to=ident)
+            left = deadline - now
+            if left <= 0:
+                return got
+            if self.port.sock.poll(int(min(left, 0.05) * 1000) + 1):
+                try:
+                    r = self.port.recv()
+                except ProtocolError:
+                    continue
+                self.events.append((r.ident, r.msg))
+                got.append(r)
+                if not isinstance(r.msg, Heartbeat):
+                    return got
+
+    def wait_msg(self, ident: str, cls: type, timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        for i, m in self.events:
+            if i == ident.encode() and isinstance(m, cls):
+                return m
+        while time.monotonic() < deadline:
+            for r in self.pump(deadline - time.monotonic()):
+                if r.ident == ident.encode() and isinstance(r.msg, cls):
+                    return r.msg
+        raise AssertionError(f"{ident}: no {cls.__name__} within {timeout}s; saw "
+                             f"{[type(m).__name__ for i, m in self.events if i == ident.encode()][-10:]}")
+
+    def send(self, ident: str, msg: Any) -> bool:
+        return self.port.send(msg, to=ident.encode())
+
+    def run(self, ident: str) -> None:
+        self.send(ident, Run())
+
+    def stop(self, ident: str) -> None:
+        self.send(ident, Stop(reason="test"))
+
+    def close(self) -> None:
+        self.port.close()
+        self.ctx.term()
+
+
+def actor_cmd(module: str, run_dir: str, config_path: str | None = None, name: str | None = None,
+              extra: list[str] | None = None) -> list[str]:
+    args = [PY, "-m", module, "--run-dir", run_dir]
+    if config_path:
+        args += ["--config", config_path]
+    if name:
+        args += ["--name", name]
+    return args + (extra or [])
+
+
+def read_log(run_dir: str, process: str) -> str:
+    p = Path(run_dir) / "logs" / f"{process}.jsonl"
+    return p.read_text() if p.exists() else ""

@@ -1,0 +1,94 @@
+"""Config loading: defaults, overrides, and clear errors with exit code 2."""
+
+import subprocess
+
+import pytest
+
+import config
+from config import ConfigError, load, parse_set, start_order
+from tests.harness import PY, ROOT
+
+
+def test_default_config_loads_and_orders_actors():
+    cfg = load()
+    assert start_order(cfg) == ["market-data", "paper-exchange", "state-publisher", "strategy"]
+    assert cfg.market_data.feed == "synthetic"
+
+
+def test_set_overrides_types():
+    cfg = load(None, ["supervisor.heartbeat_ms=100", "market_data.symbols=[\"A\"]", "strategy.plugin=x.y:Z",
+                      "actors.strategy.restart=temporary"])
+    assert cfg.supervisor.heartbeat_ms == 100
+    assert cfg.market_data.symbols == ["A"]
+    assert cfg.strategy.plugin == "x.y:Z"
+    assert cfg.actors["strategy"].restart == "temporary"
+
+
+@pytest.mark.parametrize("sets,needle", [
+    (["supervisor.heartbeat_ms=fast"], "key supervisor.heartbeat_ms: Expected `int`, got `str`"),
+    (["supervisor.bogus=1"], "unknown key"),
+    (["nosuchsection.x=1"], "unknown key"),
+    (["heartbeat_ms"], "expected section.key=value"),
+    (["=3"], "must look like section.key"),
+    (["actors.strategy.restart=sometimes"], "key actors.strategy.restart"),
+    (["actors.strategy.after=[\"nobody\"]"], "unknown actor 'nobody'"),
+    (["actors.market-data.after=[\"strategy\"]"], "cycle"),
+])
+def test_bad_overrides_name_the_key(sets, needle):
+    with pytest.raises(ConfigError) as ei:
+        load(None, sets)
+    assert needle in str(ei.value)
+    if not str(ei.value).startswith("--set"):
+        assert "default.toml" in str(ei.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: .*nope.toml"):
+        load(tmp_path / "nope.toml")
+
+
+def test_bad_toml_and_wrong_type_in_file(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[supervisor\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(p)
+    p.write_text("[exchange]\ninitial_cash = \"lots\"\n")
+    with pytest.raises(ConfigError, match=r"c.toml: key exchange.initial_cash: Expected `float`"):
+        load(p)
+    p.write_text("[exchange]\ninitial_cashh = 5.0\n")
+    with pytest.raises(ConfigError, match=r"c.toml: unknown key exchange.initial_cashh"):
+        load(p)
+
+
+def test_missing_required_key(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[actors.x]\nafter = []\n")
+    with pytest.raises(ConfigError, match="missing required field `module`"):
+        load(p)
+
+
+def test_parse_set_values():
+    assert parse_set("a.b=1") == (["a", "b"], 1)
+    assert parse_set("a.b=true") == (["a", "b"], True)
+    assert parse_set("a.b=hello world") == (["a", "b"], "hello world")
+    assert parse_set('a.b="q"') == (["a", "b"], "q")
+
+
+def test_effective_config_round_trips_through_json(tmp_path):
+    cfg = load(None, ["exchange.commission_pct=0.002"])
+    p = tmp_path / "c.json"
+    p.write_bytes(config.to_json_bytes(cfg))
+    assert load(p) == cfg
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("args,needle", [
+    (["--config", "/nonexistent/x.toml"], "config file not found"),
+    (["--set", "supervisor.heartbeat_ms=abc"], "key supervisor.heartbeat_ms"),
+    (["--set", "oops"], "expected section.key=value"),
+])
+def test_actor_process_exits_2_on_config_error(run_dir, args, needle):
+    r = subprocess.run([PY, "-m", "tests.fixtures.dummy_actor", "--run-dir", run_dir, *args],
+                       cwd=ROOT, capture_output=True, text=True, timeout=20)
+    assert r.returncode == 2
+    assert needle in r.stderr
