@@ -289,6 +289,7 @@ class PositionInfo(Struct, kw_only=True, forbid_unknown_fields=True):
 class AccountInfo(Struct, kw_only=True, forbid_unknown_fields=True):
     cash: Money
     equity: Money
+    initial_cash: Money = 0.0
     realized: Money = 0.0
     unrealized: Money = 0.0
     fees: Money = 0.0
@@ -318,6 +319,7 @@ class Fill(_Base, **_tag("fill")):
     fee: Money = 0.0
     ts: Nanos = 0  # market time of the fill
     position: SignedQty = 0  # position after this fill
+    realized: Money = 0.0  # PnL this fill realized by closing (part of) a position, before fees
 
 
 class OrderUpdate(_Base, **_tag("order-update")):
