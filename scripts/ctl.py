@@ -1,0 +1,123 @@
+"""paperbus control CLI.
+
+    python scripts/ctl.py [--run-dir DIR] [--json] [--timeout S] COMMAND [ARG]
+
+Commands: status, pause, resume, stop-and-close, halt, restart ACTOR, shutdown.
+Exit codes: 0 ok, 1 failure (error reply, timeout, no supervisor), 2 usage.
+Every request is answered within --timeout (default 2 s) or reported as a timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import uuid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import zmq  # noqa: E402
+
+from bus.codec import ProtocolError, Stamper  # noqa: E402
+from bus.messages import CtlReply, CtlRequest  # noqa: E402
+from bus.sockets import LINGER_MS  # noqa: E402
+
+COMMANDS = ["status", "pause", "resume", "stop-and-close", "halt", "restart", "shutdown"]
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _lock_holder(run_dir: str):
+    from supervisor import lock_holder  # the supervisor owns the lock protocol
+    return lock_holder(run_dir)
+
+
+def request(run_dir: str, cmd: str, arg: str = "", timeout: float = 2.0) -> CtlReply:
+    """Send one control request; raises RuntimeError with a clear message on failure."""
+    if not os.path.isdir(run_dir):
+        raise RuntimeError(f"no run directory {run_dir} (is the supervisor running?)")
+    if _lock_holder(run_dir) is None:
+        raise RuntimeError(f"no supervisor running in {run_dir}")
+    try:
+        with open(os.path.join(run_dir, "endpoints.json"), "rb") as f:
+            endpoint = json.load(f)["control"]
+    except (OSError, ValueError, KeyError) as e:
+        raise RuntimeError(f"supervisor in {run_dir} has not published its endpoints yet ({e})") from None
+    ctx = zmq.Context()
+    # The control socket is made here rather than through bus.sockets.open_port
+    # because the CLI reads the address from endpoints.json, not from config.
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, LINGER_MS)
+    try:
+        s.connect(endpoint)
+        rid = uuid.uuid4().hex[:12]
+        stamper = Stamper("ctl", run="")
+        s.send(stamper.encode("control", CtlRequest(id=rid, cmd=cmd, arg=arg)))
+        deadline = time.monotonic() + timeout
+        from bus.codec import codec
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not s.poll(int(left * 1000) + 1):
+                raise RuntimeError(f"no reply from the supervisor within {timeout:g}s")
+            try:
+                env = codec("control").decode(s.recv())
+            except ProtocolError as e:
+                raise RuntimeError(f"bad reply from the supervisor: {e}") from None
+            if isinstance(env.msg, CtlReply) and env.msg.id in (rid, ""):
+                return env.msg
+    finally:
+        s.close()
+        ctx.term()
+
+
+def render_status(data: dict) -> str:
+    lines = [f"run_id {data.get('run_id')}  supervisor pid {data.get('pid')}  phase {data.get('phase')}  "
+             f"up {data.get('uptime_s')}s  since {data.get('since')}",
+             f"{'ACTOR':16} {'STATE':10} {'PID':>7} {'UPTIME':>9} {'RESTARTS':>8} {'HB AGE':>7}  INFO"]
+    for name, a in data.get("actors", {}).items():
+        up = f"{a['uptime_s']:.1f}s" if a.get("uptime_s") is not None else "-"
+        hb = f"{a['heartbeat_age_s']:.2f}s" if a.get("heartbeat_age_s") is not None else "-"
+        info = ", ".join(f"{k}={v}" for k, v in {**a.get("info", {}), **a.get("status", {})}.items())
+        lines.append(f"{name:16} {a['state']:10} {a.get('pid') or '-':>7} {up:>9} {a['restarts']:>8} {hb:>7}  "
+                     f"{info[:80]}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="ctl.py", description="paperbus control CLI")
+    ap.add_argument("--run-dir", default="run", help="run directory of the supervisor (default ./run)")
+    ap.add_argument("--json", action="store_true", help="print the reply as JSON")
+    ap.add_argument("--timeout", type=float, default=2.0, help="reply timeout in seconds (default 2)")
+    ap.add_argument("command", choices=COMMANDS)
+    ap.add_argument("arg", nargs="?", default="", help="actor name for restart")
+    try:
+        args = ap.parse_args(argv)
+    except SystemExit as e:
+        return EXIT_USAGE if e.code else EXIT_OK
+    if args.command == "restart" and not args.arg:
+        print("ctl: restart needs an actor name", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command != "restart" and args.arg:
+        print(f"ctl: {args.command} takes no argument", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        rep = request(os.path.abspath(args.run_dir), args.command, args.arg, args.timeout)
+    except RuntimeError as e:
+        print(f"ctl: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    if args.json:
+        print(json.dumps({"ok": rep.ok, "error": rep.error, "data": rep.data}))
+    elif not rep.ok:
+        print(f"ctl: {args.command} failed: {rep.error}", file=sys.stderr)
+    elif args.command == "status":
+        print(render_status(rep.data))
+    else:
+        print(f"{args.command}: ok {json.dumps(rep.data) if rep.data else ''}".rstrip())
+    return EXIT_OK if rep.ok else EXIT_FAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,678 @@
+"""paperbus supervisor: starts, watches, restarts and reaps the actor processes.
+
+    python supervisor.py [--config PATH] [--run-dir DIR] [--set section.key=value ...]
+
+Modelled on Erlang/OTP supervision with systemd-style readiness:
+- single instance per run directory (fcntl.flock, taken before any bind);
+- actors start in dependency order (``after``), each only once its
+  dependencies are READY; RUN goes to all once all are READY;
+- children are reaped on SIGCHLD (no polling, no zombies) and restarted by
+  policy (permanent/transient/temporary) with exponential backoff and an
+  intensity limit; ``supervisor.restart_with`` restarts dependants together;
+- heartbeats both ways; a silent (hung) actor is SIGKILLed and restarted;
+- SIGINT/SIGTERM/``ctl shutdown``: STOP in reverse start order, then SIGTERM,
+  then SIGKILL; a second Ctrl+C forces it at once;
+- children live in their own process groups (a terminal Ctrl+C reaches only
+  us) and die with us (PR_SET_PDEATHSIG set in the child, see actors/base.py).
+
+Exit codes: 0 clean shutdown, 1 failure (start failure, restart intensity,
+already running), 2 config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import errno
+import fcntl
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+import config as config_mod
+from bus import log as logmod
+from bus.codec import ProtocolError, Stamper
+from bus.fileio import atomic_write
+from bus.messages import (
+    ActorEvent, Command, CommandReply, CtlReply, CtlRequest, Heartbeat, InitFailed, Ready, Run, Stop, Stopped,
+)
+from bus.sockets import Endpoints, EndpointError, Port, ensure_run_dir, open_port, topic_for
+
+EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+LOCK_NAME = "supervisor.lock"
+ENDPOINTS_NAME = "endpoints.json"
+CTL_DEADLINE_S = 1.5  # answer the CLI before its 2 s timeout even if an actor is silent
+EVENT_REFRESH_S = 1.0  # republish every actor's state so late subscribers catch up
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+def acquire_lock(run_dir: str) -> int:
+    """Take the run directory's lock or raise AlreadyRunning naming the holder.
+
+    flock is released by the kernel when the holder dies, so a SIGKILLed
+    supervisor never leaves a lock that blocks the next start.
+    """
+    path = os.path.join(run_dir, LOCK_NAME)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            os.close(fd)
+            raise
+        try:
+            info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        except ValueError:
+            info = {}
+        os.close(fd)
+        raise AlreadyRunning(f"already running (pid {info.get('pid', '?')}, since {info.get('since', '?')})")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"pid": os.getpid(), "since": dt.datetime.now().isoformat(timespec="seconds")})
+              .encode(), 0)
+    return fd
+
+
+def lock_holder(run_dir: str) -> dict | None:
+    """The live supervisor's {pid, since} for a run directory, or None (used by ctl)."""
+    path = os.path.join(run_dir, LOCK_NAME)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                return json.loads(os.pread(fd, 4096, 0) or b"{}") or {"pid": "?"}
+            except ValueError:
+                return {"pid": "?"}
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class Child:
+    name: str
+    cfg: config_mod.ActorCfg
+    state: str = "pending"  # pending starting ready running stopping backoff exited failed
+    proc: subprocess.Popen | None = None
+    started_at: float = 0.0  # monotonic
+    ready_at: float = 0.0
+    last_seen: float = 0.0
+    restarts: int = 0
+    consecutive: int = 0  # restarts since the last stable period (drives backoff)
+    restart_due: float = 0.0
+    stop_deadline: float = 0.0
+    sigterm_sent: bool = False
+    restart_after_exit: bool = False  # manual / restart_with: restart regardless of policy, not counted
+    info: dict[str, Any] = field(default_factory=dict)
+    status_info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc else 0
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+
+@dataclass
+class CtlJob:
+    ident: bytes
+    delim: bool
+    req: CtlRequest
+    waiting: dict[int, str]  # command id -> actor
+    results: dict[str, Any]
+    deadline: float
+
+
+class Supervisor:
+    def __init__(self, cfg: config_mod.Config, run_dir: str, config_path: str):
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.config_path = config_path
+        self.order = config_mod.start_order(cfg, config_path)
+        self.children = {n: Child(n, cfg.actors[n]) for n in self.order}
+        self.run_id = dt.datetime.now().strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+        self.log = logmod.setup(run_dir, "supervisor", self.run_id, cfg.service.log_level,
+                                console=sys.stderr.isatty() or None)
+        self.hb_s = cfg.supervisor.heartbeat_ms / 1000.0
+        self.hb_timeout_s = self.hb_s * cfg.supervisor.heartbeat_misses
+        self.restart_log: list[float] = []  # times of counted restarts (intensity window)
+        self.phase = "starting"  # starting running stopping
+        self.exit_code = EXIT_OK
+        self.shutdown_reason = ""
+        self.started_mono = time.monotonic()
+        self.since = dt.datetime.now().isoformat(timespec="seconds")
+        self.cmd_id = 0
+        self.jobs: list[CtlJob] = []
+        self.sigint_count = 0
+        self._sigchld = False
+        self._stop_request: str | None = None
+        self._next_hb = 0.0
+        self._next_events = 0.0
+        self.ctx = zmq.Context()
+        self.stamper = Stamper("supervisor", self.run_id)
+        self.endpoints = Endpoints.from_config(run_dir, cfg.bus)
+        self.effective_cfg = os.path.join(run_dir, "config.json")
+        atomic_write(self.effective_cfg, config_mod.to_json_bytes(cfg))
+        self.lifecycle = open_port(self.ctx, self.endpoints, "lifecycle", bind=True, stamper=self.stamper)
+        self.control = open_port(self.ctx, self.endpoints, "control", bind=True, stamper=self.stamper)
+        self.events = open_port(self.ctx, self.endpoints, "events", bind=True, stamper=self.stamper)
+        atomic_write(os.path.join(run_dir, ENDPOINTS_NAME),
+                     json.dumps(self.endpoints.as_dict(), indent=2).encode())
+        self._wake_r, self._wake_w = socket.socketpair()
+        for s in (self._wake_r, self._wake_w):
+            s.setblocking(False)
+        self.poller = zmq.Poller()
+        self.poller.register(self.lifecycle.sock, zmq.POLLIN)
+        self.poller.register(self.control.sock, zmq.POLLIN)
+        self.poller.register(self._wake_r.fileno(), zmq.POLLIN)
+
+    # ------------------------------------------------------------- signals
+    def install_signals(self) -> None:
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, self._on_sigchld)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+
+    def _on_sigchld(self, *_: Any) -> None:
+        self._sigchld = True
+
+    def _on_stop_signal(self, signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.phase == "stopping" or self._stop_request is not None:
+            self.sigint_count += 1
+            self._force = True
+        else:
+            self._stop_request = name
+
+    _force = False
+
+    # ------------------------------------------------------------- children
+    def emit(self, c: Child, detail: str = "") -> None:
+        self.events.send(ActorEvent(actor=c.name, state=c.state if c.state != "pending" else "stopped",
+                                    pid=c.pid, restarts=c.restarts, detail=detail[:4000]),
+                         topic=topic_for("events", "actor"), flags=zmq.NOBLOCK)
+
+    def set_state(self, c: Child, state: str, detail: str = "") -> None:
+        c.state = state
+        self.emit(c, detail)
+
+    def spawn(self, c: Child) -> None:
+        env = dict(os.environ)
+        env["PAPERBUS_SUPERVISOR_PID"] = str(os.getpid())
+        env["PAPERBUS_RUN_ID"] = self.run_id
+        root = os.path.dirname(os.path.abspath(__file__))
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        errpath = os.path.join(self.run_dir, "logs", f"{c.name}.stderr")
+        with open(errpath, "ab") as err:
+            # process_group=0: own group, so a terminal Ctrl+C reaches only the supervisor.
+            c.proc = subprocess.Popen(
+                [sys.executable, "-m", c.cfg.module, "--run-dir", self.run_dir, "--config", self.effective_cfg,
+                 "--name", c.name, "--run-id", self.run_id],
+                env=env, cwd=root, stdin=subprocess.DEVNULL, stdout=err, stderr=err, process_group=0,
+                close_fds=True,
+            )
+        now = time.monotonic()
+        c.started_at = c.last_seen = now
+        c.sigterm_sent = False
+        self.log.info("actor started", actor=c.name, pid=c.pid, module=c.cfg.module)
+        self.set_state(c, "starting")
+
+    def deps_up(self, c: Child) -> bool:
+        return all(self.children[d].state in ("ready", "running") for d in c.cfg.after if d in self.children)
+
+    def start_what_can_start(self, now: float) -> None:
+        for name in self.order:
+            c = self.children[name]
+            if c.state == "pending" and self.deps_up(c):
+                self.spawn(c)
+            elif c.state == "backoff" and now >= c.restart_due and self.deps_up(c):
+                self.spawn(c)
+
+    def reap(self) -> None:
+        self._sigchld = False
+        for c in self.children.values():
+            if c.proc is not None and c.proc.returncode is None and c.proc.poll() is not None:
+                self.on_exit(c)
+
+    def describe_exit(self, rc: int) -> str:
+        return f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit code {rc}"
+
+    def on_exit(self, c: Child) -> None:
+        rc = c.proc.returncode if c.proc else 0
+        now = time.monotonic()
+        uptime = now - c.started_at
+        how = self.describe_exit(rc)
+        prev = c.state
+        if self.phase == "stopping":
+            c.state = "exited"
+            self.log.info("actor exited", actor=c.name, pid=c.pid, how=how, uptime_s=round(uptime, 3),
+                          next="none (shutting down)")
+            self.emit(c, how)
+            return
+        if prev in ("starting",) and self.phase == "starting":
+            c.state = "failed"
+            self.log.error("actor exited before READY", actor=c.name, pid=c.pid, how=how,
+                           uptime_s=round(uptime, 3), next="abort start",
+                           stderr_tail=self.stderr_tail(c))
+            self.emit(c, how)
+            self.begin_shutdown(f"{c.name} exited before READY ({how})", EXIT_FAIL)
+            return
+        # Decide by policy.
+        abnormal = rc != 0
+        policy = c.cfg.restart
+        forced = c.restart_after_exit
+        c.restart_after_exit = False
+        if not forced and (policy == "temporary" or (policy == "transient" and not abnormal)):
+            c.state = "exited"
+            self.log.warning("actor exited", actor=c.name, pid=c.pid, how=how, uptime_s=round(uptime, 3),
+                             next=f"not restarted ({policy})")
+            self.emit(c, how)
+            return
+        if not forced:
+            if c.ready_at and now - c.ready_at >= self.cfg.supervisor.stable_seconds:
+                c.consecutive = 0
+            self.restart_log = [t for t in self.restart_log if now - t < self.cfg.supervisor.max_seconds]
+            self.restart_log.append(now)
+            if len(self.restart_log) > self.cfg.supervisor.max_restarts:
+                c.state = "failed"
+                msg = (f"restart intensity exceeded: {c.name} exited ({how}); "
+                       f"{len(self.restart_log)} restarts within {self.cfg.supervisor.max_seconds:g}s "
+                       f"(max_restarts={self.cfg.supervisor.max_restarts})")
+                self.log.error("restart intensity exceeded", actor=c.name, pid=c.pid, how=how,
+                               restarts_in_window=len(self.restart_log), next="stop everything, exit 1")
+                self.emit(c, how)
+                self.begin_shutdown(msg, EXIT_FAIL)
+                return
+        delay = 0.0 if forced else min(self.cfg.supervisor.backoff_initial_ms * (2 ** c.consecutive),
+                                       self.cfg.supervisor.backoff_max_ms) / 1000.0
+        if not forced:
+            c.consecutive += 1
+        c.restarts += 1
+        c.restart_due = now + delay
+        c.ready_at = 0.0
+        c.state = "backoff"
+        self.log.warning("actor exited", actor=c.name, pid=c.pid, how=how, uptime_s=round(uptime, 3),
+                         next=f"restart in {delay:.3f}s", restarts=c.restarts)
+        self.emit(c, f"{how}; restarting")
+        # Restart dependants together (e.g. the strategy re-queries the exchange).
+        for other in self.cfg.supervisor.restart_with.get(c.name, []):
+            o = self.children.get(other)
+            if o is not None and o.alive and o.state in ("ready", "running", "starting"):
+                self.log.info("restarting with", actor=o.name, because=c.name)
+                o.restart_after_exit = True
+                self.stop_child(o, f"restart with {c.name}")
+
+    def stderr_tail(self, c: Child, n: int = 2000) -> str:
+        try:
+            with open(os.path.join(self.run_dir, "logs", f"{c.name}.stderr"), "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - n))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def stop_child(self, c: Child, reason: str) -> None:
+        if not c.alive:
+            return
+        self.lifecycle.send(Stop(reason=reason), to=c.name.encode(), flags=zmq.NOBLOCK)
+        c.stop_deadline = time.monotonic() + c.cfg.stop_timeout
+        c.state = "stopping"
+        self.emit(c, reason)
+
+    def kill_child(self, c: Child, sig: int) -> None:
+        if c.alive:
+            try:
+                os.kill(c.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    # ------------------------------------------------------------- messages
+    def on_lifecycle(self, ident: bytes, msg: Any) -> None:
+        c = self.children.get(ident.decode(errors="replace"))
+        if c is None or not c.alive:
+            return
+        now = time.monotonic()
+        c.last_seen = now
+        if isinstance(msg, Heartbeat):
+            if msg.info:
+                c.status_info = dict(msg.info)
+        elif isinstance(msg, Ready):
+            if c.state != "starting":
+                return
+            c.info = dict(msg.info)
+            c.ready_at = now
+            self.log.info("actor ready", actor=c.name, pid=c.pid, start_s=round(now - c.started_at, 4), **{
+                k: v for k, v in c.info.items() if isinstance(v, (int, float, str))})
+            self.set_state(c, "ready")
+            if self.phase == "running" and all(self.children[d].state == "running" for d in c.cfg.after):
+                self.send_run(c)
+        elif isinstance(msg, InitFailed):
+            self.log.error("actor init failed", actor=c.name, pid=c.pid, reason=msg.reason)
+            c.info["init_error"] = msg.reason
+        elif isinstance(msg, Stopped):
+            self.log.info("actor stopped", actor=c.name, pid=c.pid)
+        elif isinstance(msg, CommandReply):
+            for job in self.jobs:
+                if msg.id in job.waiting:
+                    actor = job.waiting.pop(msg.id)
+                    job.results[actor] = {"ok": msg.ok, "error": msg.error, **({"data": msg.data} if msg.data else {})}
+
+    def send_run(self, c: Child) -> None:
+        self.lifecycle.send(Run(), to=c.name.encode(), flags=zmq.NOBLOCK)
+        self.set_state(c, "running")
+        self.log.info("actor running", actor=c.name, pid=c.pid)
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        actors = {}
+        for n in self.order:
+            c = self.children[n]
+            actors[n] = {
+                "state": c.state, "pid": c.pid if c.alive else None, "restarts": c.restarts,
+                "uptime_s": round(now - c.started_at, 3) if c.alive else None,
+                "heartbeat_age_s": round(now - c.last_seen, 3) if c.alive else None,
+                "info": c.info, "status": c.status_info,
+            }
+        return {"run_id": self.run_id, "pid": os.getpid(), "since": self.since, "phase": self.phase,
+                "run_dir": self.run_dir, "uptime_s": round(now - self.started_mono, 3), "actors": actors}
+
+    # Which actor commands each ctl command fans out to, in order.
+    FANOUT = {
+        "pause": [("strategy", "pause"), ("paper-exchange", "pause")],
+        "resume": [("paper-exchange", "resume"), ("strategy", "resume")],
+        "stop-and-close": [("strategy", "pause"), ("paper-exchange", "flatten")],
+        "halt": [("strategy", "pause"), ("paper-exchange", "halt")],
+    }
+
+    def on_control(self, ident: bytes, delim: bool, req: Any) -> None:
+        def reply(ok: bool, error: str = "", data: dict | None = None, rid: str = "") -> None:
+            self.control.send(CtlReply(id=rid, ok=ok, error=error, data=data or {}), to=ident, delim=delim,
+                              flags=zmq.NOBLOCK)
+
+        if not isinstance(req, CtlRequest):
+            reply(False, f"expected a ctl request, got {type(req).__name__}")
+            return
+        cmd = req.cmd
+        self.log.info("control request", cmd=cmd, arg=req.arg)
+        if cmd == "status":
+            reply(True, data=self.status(), rid=req.id)
+        elif cmd == "shutdown":
+            reply(True, data={"stopping": list(reversed(self.order))}, rid=req.id)
+            self._stop_request = "ctl shutdown"
+        elif cmd == "restart":
+            c = self.children.get(req.arg)
+            if c is None:
+                reply(False, f"unknown actor {req.arg!r} (actors: {', '.join(self.order)})", rid=req.id)
+            elif not c.alive:
+                reply(False, f"actor {req.arg} is not running (state {c.state})", rid=req.id)
+            elif self.phase != "running":
+                reply(False, f"supervisor is {self.phase}", rid=req.id)
+            else:
+                c.restart_after_exit = True
+                self.stop_child(c, "ctl restart")
+                reply(True, data={"restarting": c.name, "pid": c.pid}, rid=req.id)
+        elif cmd in self.FANOUT:
+            if self.phase != "running":
+                reply(False, f"supervisor is {self.phase}", rid=req.id)
+                return
+            job = CtlJob(ident, delim, req, {}, {}, time.monotonic() + CTL_DEADLINE_S)
+            for actor, acmd in self.FANOUT[cmd]:
+                c = self.children.get(actor)
+                if c is None or not c.alive or c.state != "running":
+                    job.results[actor] = {"ok": False, "error": f"{actor} is not running"}
+                    continue
+                self.cmd_id += 1
+                job.waiting[self.cmd_id] = actor
+                self.lifecycle.send(Command(id=self.cmd_id, cmd=acmd), to=actor.encode(), flags=zmq.NOBLOCK)
+            self.jobs.append(job)
+            self.finish_jobs(time.monotonic())
+        else:
+            reply(False, f"unknown command {cmd!r} (status, pause, resume, stop-and-close, halt, restart, "
+                         f"shutdown)", rid=req.id)
+
+    def finish_jobs(self, now: float) -> None:
+        keep = []
+        for job in self.jobs:
+            if job.waiting and now < job.deadline:
+                keep.append(job)
+                continue
+            for actor in job.waiting.values():
+                job.results[actor] = {"ok": False, "error": f"{actor} did not answer within {CTL_DEADLINE_S}s"}
+            ok = bool(job.results) and all(r["ok"] for r in job.results.values())
+            errors = "; ".join(f"{a}: {r['error']}" for a, r in job.results.items() if not r["ok"])
+            self.control.send(CtlReply(id=job.req.id, ok=ok, error=errors, data={"actors": job.results}),
+                              to=job.ident, delim=job.delim, flags=zmq.NOBLOCK)
+        self.jobs = keep
+
+    def drain(self) -> None:
+        for port, handler in ((self.lifecycle, "lc"), (self.control, "ctl")):
+            for _ in range(1000):
+                try:
+                    r = port.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                except ProtocolError as e:
+                    self.log.warning("bad message", endpoint=port.name, error=str(e))
+                    if port is self.control and e.ident is not None:
+                        self.control.send(CtlReply(ok=False, error=str(e)), to=e.ident, delim=e.delim,
+                                          flags=zmq.NOBLOCK)
+                    continue
+                if handler == "lc":
+                    self.on_lifecycle(r.ident, r.msg)
+                else:
+                    self.on_control(r.ident, r.delim, r.msg)
+
+    def wait(self, timeout_s: float) -> None:
+        events = self.poller.poll(max(0, int(timeout_s * 1000)))
+        for s, _ in events:
+            if s == self._wake_r.fileno():
+                try:
+                    while self._wake_r.recv(256):
+                        pass
+                except OSError:
+                    pass
+        if self._sigchld:
+            self.reap()
+        self.drain()
+        if self._sigchld:
+            self.reap()
+
+    def heartbeat(self, now: float) -> None:
+        if now >= self._next_hb:
+            self._next_hb = now + self.hb_s
+            for c in self.children.values():
+                if c.alive and c.state in ("starting", "ready", "running", "stopping"):
+                    self.lifecycle.send(Heartbeat(), to=c.name.encode(), flags=zmq.NOBLOCK)
+        if now >= self._next_events:
+            self._next_events = now + EVENT_REFRESH_S
+            for c in self.children.values():
+                self.emit(c)
+
+    def check_timeouts(self, now: float) -> None:
+        for c in self.children.values():
+            if not c.alive:
+                continue
+            if c.state == "starting" and now - c.started_at > c.cfg.start_timeout:
+                why = f"no READY within start_timeout {c.cfg.start_timeout:g}s"
+                self.log.error("actor start timeout", actor=c.name, pid=c.pid, reason=why)
+                self.kill_child(c, signal.SIGKILL)
+                if self.phase == "starting":
+                    c.proc.wait()
+                    c.state = "failed"
+                    self.emit(c, why)
+                    self.begin_shutdown(f"{c.name}: {why}", EXIT_FAIL)
+                    return
+            elif c.state in ("ready", "running") and now - c.last_seen > self.hb_timeout_s:
+                self.log.error("actor hung: heartbeats missed, killing", actor=c.name, pid=c.pid,
+                               silent_s=round(now - c.last_seen, 3), misses=self.cfg.supervisor.heartbeat_misses)
+                self.kill_child(c, signal.SIGKILL)
+            elif c.state == "stopping" and now > c.stop_deadline:
+                if not c.sigterm_sent:
+                    self.log.warning("actor did not stop in time, SIGTERM", actor=c.name, pid=c.pid)
+                    self.kill_child(c, signal.SIGTERM)
+                    c.sigterm_sent = True
+                    c.stop_deadline = now + 1.0
+                else:
+                    self.log.warning("actor ignored SIGTERM, SIGKILL", actor=c.name, pid=c.pid)
+                    self.kill_child(c, signal.SIGKILL)
+                    c.stop_deadline = now + 5.0
+
+    def next_timeout(self, now: float) -> float:
+        t = min(self._next_hb, self._next_events) - now
+        for c in self.children.values():
+            if c.state == "backoff":
+                t = min(t, c.restart_due - now)
+        if self.jobs:
+            t = min(t, min(j.deadline for j in self.jobs) - now)
+        return max(0.0, min(t, 0.1))
+
+    # ------------------------------------------------------------- phases
+    def begin_shutdown(self, reason: str, code: int) -> None:
+        if self.phase == "stopping":
+            return
+        self.shutdown_reason = reason
+        self.exit_code = code
+        self.phase = "stopping"
+        level = self.log.error if code else self.log.info
+        level("shutting down", reason=reason)
+
+    def run(self) -> int:
+        self.install_signals()
+        self.log.info("supervisor started", run_dir=self.run_dir, config=self.config_path, order=self.order,
+                      pid=os.getpid())
+        t0 = time.monotonic()
+        while self.phase != "stopping":
+            now = time.monotonic()
+            if self._stop_request is not None:
+                self.begin_shutdown(f"{self._stop_request}", EXIT_OK)
+                break
+            if self.phase == "starting":
+                self.start_what_can_start(now)
+                if all(c.state == "ready" for c in self.children.values()):
+                    for name in self.order:
+                        self.send_run(self.children[name])
+                    self.phase = "running"
+                    self.log.info("all actors running", cold_start_s=round(time.monotonic() - t0, 4))
+            else:
+                self.start_what_can_start(now)
+                for c in self.children.values():
+                    if c.state == "ready" and all(self.children[d].state == "running" for d in c.cfg.after):
+                        self.send_run(c)
+            self.heartbeat(now)
+            self.check_timeouts(now)
+            self.finish_jobs(now)
+            if self.phase == "stopping":
+                break
+            self.wait(self.next_timeout(time.monotonic()))
+        self.shutdown()
+        return self.exit_code
+
+    def shutdown(self) -> None:
+        """Stop actors in reverse start order: STOP, stop_timeout, SIGTERM, SIGKILL."""
+        t0 = time.monotonic()
+        self.phase = "stopping"
+        for name in reversed(self.order):
+            c = self.children[name]
+            if not c.alive:
+                continue
+            if self._force:
+                break
+            self.stop_child(c, self.shutdown_reason or "shutdown")
+            while c.alive and not self._force:
+                now = time.monotonic()
+                self.heartbeat(now)
+                self.check_timeouts(now)
+                self.finish_jobs(now)
+                self.wait(0.05)
+        if self._force:
+            self.log.warning("second interrupt: forcing shutdown")
+            for c in self.children.values():
+                self.kill_child(c, signal.SIGKILL)
+        for c in self.children.values():
+            if c.proc is not None and c.proc.returncode is None:
+                c.proc.wait()
+                self.on_exit(c)
+        self.log.info("supervisor exiting", exit_code=self.exit_code, reason=self.shutdown_reason,
+                      shutdown_s=round(time.monotonic() - t0, 4))
+        if self.exit_code and sys.stderr:
+            print(f"supervisor: {self.shutdown_reason}", file=sys.stderr)
+
+    def close(self) -> None:
+        try:
+            os.unlink(os.path.join(self.run_dir, ENDPOINTS_NAME))
+        except OSError:
+            pass
+        for p in (self.lifecycle, self.control, self.events):
+            p.close()
+        self.ctx.term()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="supervisor.py", description="paperbus supervisor")
+    ap.add_argument("--config", default=None, help="config file (default: config/default.toml)")
+    ap.add_argument("--run-dir", default=None, help="run directory (default: service.run_dir, ./run)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override a config key (repeatable)")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = config_mod.load(args.config, args.sets)
+        if not cfg.actors:
+            raise config_mod.ConfigError(f"{args.config or config_mod.DEFAULT_PATH}: key actors: no actors configured")
+    except config_mod.ConfigError as e:
+        print(f"supervisor: config error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    run_dir = os.path.abspath(args.run_dir or cfg.service.run_dir)
+    try:
+        ensure_run_dir(run_dir)
+        lock_fd = acquire_lock(run_dir)
+    except AlreadyRunning as e:
+        print(f"supervisor: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    except OSError as e:
+        print(f"supervisor: cannot use run directory {run_dir}: {e.strerror}", file=sys.stderr)
+        return EXIT_FAIL
+    try:
+        sup = Supervisor(cfg, run_dir, str(args.config or config_mod.DEFAULT_PATH))
+    except EndpointError as e:
+        print(f"supervisor: config error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except zmq.ZMQError as e:
+        print(f"supervisor: cannot bind endpoints in {run_dir}: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    try:
+        return sup.run()
+    except BaseException:
+        sup.log.exception("supervisor crashed; killing actors")
+        for c in sup.children.values():
+            sup.kill_child(c, signal.SIGKILL)
+        raise
+    finally:
+        sup.close()
+        os.close(lock_fd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""The real supervisor in a temporary run directory, driven over its real endpoints."""
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import zmq
+
+from scripts import ctl
+from tests.harness import PY, ROOT, wait_for
+from tests.sup_util import log_events, pid_alive, start_supervisor, status, wait_gone
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def actor_pids(run_dir):
+    st = status(run_dir)
+    return {n: a["pid"] for n, a in st["actors"].items()}
+
+
+def test_start_order_and_run_barrier(procs, run_dir):
+    p = start_supervisor(procs, run_dir)
+    ev = log_events(run_dir)
+    seq = [(e["event"], e.get("actor")) for e in ev if e["event"] in ("actor started", "actor ready", "actor running")]
+    # each actor starts only after the one it depends on is READY
+    assert seq[:6] == [("actor started", "a"), ("actor ready", "a"), ("actor started", "b"), ("actor ready", "b"),
+                       ("actor started", "c"), ("actor ready", "c")]
+    # RUN goes out only once all are READY
+    assert [s for s in seq[6:9]] == [("actor running", "a"), ("actor running", "b"), ("actor running", "c")]
+    p.send_signal(signal.SIGINT)
+    assert p.wait(10) == 0
+
+
+def test_terminal_ctrl_c_reaches_only_supervisor_and_stops_in_reverse_order(procs, run_dir):
+    p = start_supervisor(procs, run_dir)
+    pids = actor_pids(run_dir)
+    # Actors live in their own process groups, not the supervisor's.
+    for pid in pids.values():
+        assert os.getpgid(pid) != os.getpgid(p.pid)
+    os.killpg(os.getpgid(p.pid), signal.SIGINT)  # what a terminal Ctrl+C does
+    assert p.wait(10) == 0
+    stops = [e["actor"] for e in log_events(run_dir) if e["event"] == "actor stopped"]
+    assert stops == ["c", "b", "a"]
+    assert not any(pid_alive(x) for x in pids.values())
+
+
+def test_sigkill_supervisor_leaves_no_actor(procs, run_dir):
+    p = start_supervisor(procs, run_dir)
+    pids = list(actor_pids(run_dir).values())
+    p.send_signal(signal.SIGKILL)
+    p.wait(5)
+    # PR_SET_PDEATHSIG: target is 100 ms; allow slack on a loaded CI machine.
+    wait_gone(pids, 5)
+
+
+def test_sigkill_actor_is_restarted(procs, run_dir):
+    p = start_supervisor(procs, run_dir)
+    old = actor_pids(run_dir)["a"]
+    os.kill(old, signal.SIGKILL)
+
+    def back():
+        st = status(run_dir)
+        a = st and st["actors"]["a"]
+        return a and a["state"] == "running" and a["pid"] != old and a["restarts"] == 1
+    wait_for(back, 10, "a restarted and running")
+    ev = [e for e in log_events(run_dir) if e["event"] == "actor exited" and e["actor"] == "a"]
+    assert ev[0]["how"] == "killed by SIGKILL" and ev[0]["pid"] == old and "restart in" in ev[0]["next"]
+    assert "uptime_s" in ev[0]
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(10) == 0
+
+
+def test_restart_with_restarts_dependants(procs, run_dir):
+    p = start_supervisor(procs, run_dir)
+    before = actor_pids(run_dir)
+    os.kill(before["b"], signal.SIGKILL)
+
+    def both_new():
+        st = status(run_dir)
+        return st and all(st["actors"][n]["state"] == "running" and st["actors"][n]["pid"] != before[n]
+                          for n in ("b", "c"))
+    wait_for(both_new, 10, "b and c restarted")
+    assert actor_pids(run_dir)["a"] == before["a"]
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(10) == 0
+
+
+def test_hung_actor_is_detected_and_restarted(procs, run_dir):
+    p = start_supervisor(procs, run_dir)
+    old = actor_pids(run_dir)["c"]
+    os.kill(old, signal.SIGSTOP)
+    wait_for(lambda: (status(run_dir) or {}).get("actors", {}).get("c", {}).get("pid") not in (old, None)
+             and status(run_dir)["actors"]["c"]["state"] == "running", 15, "c replaced")
+    assert any(e["event"].startswith("actor hung") and e["actor"] == "c" for e in log_events(run_dir))
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(10) == 0
+
+
+def test_restart_intensity_exceeded_stops_everything(procs, run_dir):
+    p = start_supervisor(procs, run_dir, env={"DUMMY_MODE_b": "raise-in-run"}, wait_running=False)
+    assert p.wait(30) == 1
+    err = p.stderr.read().decode()
+    assert "restart intensity exceeded: b" in err and "restarts within 30s" in err
+    stops = [e["actor"] for e in log_events(run_dir) if e["event"] == "actor stopped"]
+    assert stops[-1] == "a"  # stopped in order, a last
+
+
+def test_temporary_actor_is_not_restarted(procs, run_dir):
+    p = start_supervisor(procs, run_dir, env={"DUMMY_MODE_c": "exit-after-run"},
+                         sets=["actors.c.restart=temporary"], wait_running=False)
+    wait_for(lambda: (status(run_dir) or {}).get("actors", {}).get("c", {}).get("state") == "exited", 10,
+             "c exited")
+    st = status(run_dir)
+    assert st["actors"]["c"]["restarts"] == 0 and st["actors"]["a"]["state"] == "running"
+    p.send_signal(signal.SIGINT)
+    assert p.wait(10) == 0
+
+
+def test_second_instance_refused_with_live_pid(procs, run_dir):
+    p = start_supervisor(procs, run_dir)
+    r = subprocess.run([PY, "supervisor.py", "--config", "tests/fixtures/dummies.toml", "--run-dir", run_dir],
+                       cwd=ROOT, capture_output=True, text=True, timeout=10, env=procs.env())
+    assert r.returncode == 1
+    assert f"already running (pid {p.pid}, since " in r.stderr
+    assert status(run_dir)["phase"] == "running"  # the first one is untouched
+    p.send_signal(signal.SIGINT)
+    assert p.wait(10) == 0
+
+
+def test_stale_lock_from_killed_supervisor_is_recovered(procs, run_dir):
+    p = start_supervisor(procs, run_dir)
+    old = list(actor_pids(run_dir).values())
+    p.kill()
+    p.wait(5)
+    wait_gone(old, 5)
+    p2 = start_supervisor(procs, run_dir)
+    assert status(run_dir)["pid"] == p2.pid
+    p2.send_signal(signal.SIGINT)
+    assert p2.wait(10) == 0
+
+
+def test_ctl_without_supervisor_fails_fast(run_dir):
+    t0 = time.monotonic()
+    r = subprocess.run([PY, "scripts/ctl.py", "--run-dir", run_dir, "status"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=10)
+    assert r.returncode == 1 and "no supervisor running" in r.stderr
+    r = subprocess.run([PY, "scripts/ctl.py", "--run-dir", run_dir + "/nope", "status"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode == 1 and "no run directory" in r.stderr
+    assert time.monotonic() - t0 < 8  # two interpreter start-ups, each well under 2 s
+
+
+def test_ctl_usage_errors_exit_2(run_dir):
+    for args in (["bogus"], ["restart"], ["status", "extra"]):
+        r = subprocess.run([PY, "scripts/ctl.py", "--run-dir", run_dir, *args], cwd=ROOT, capture_output=True,
+                           text=True, timeout=10)
+        assert r.returncode == 2, args
+
+
+def test_malformed_control_messages_get_error_replies(procs, run_dir):
+    p = start_supervisor(procs, run_dir)
+    import json
+    from bus.codec import Stamper, codec
+    from bus.messages import CtlRequest, Query
+    ep = json.load(open(os.path.join(run_dir, "endpoints.json")))["control"]
+    ctx = zmq.Context()
+    try:
+        for sock_type in (zmq.DEALER, zmq.REQ):
+            s = ctx.socket(sock_type)
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(ep)
+            st = Stamper("fuzz", "")
+            bad = [
+                [b"\x00\xffgarbage"],
+                [st.encode("orders", Query())],  # a type from another channel
+                [st.encode("control", CtlRequest(cmd="launch-missiles"))],
+                [st.encode("control", CtlRequest(cmd="restart", arg="nobody"))],
+            ]
+            if sock_type == zmq.DEALER:
+                bad.append([b"a", b"b", b"c"])  # wrong frame count
+            for frames in bad:
+                s.send_multipart(frames)
+                assert s.poll(2000), f"no reply to {frames!r}"
+                reply = codec("control").decode(s.recv_multipart()[-1]).msg
+                assert reply.ok is False and reply.error, frames
+            s.close()
+    finally:
+        ctx.term()
+    assert status(run_dir)["phase"] == "running"
+    p.send_signal(signal.SIGINT)
+    assert p.wait(10) == 0
+
+
+def test_actor_init_failure_aborts_cleanly(procs, run_dir):
+    p = start_supervisor(procs, run_dir, env={"DUMMY_MODE_b": "fail-init"}, wait_running=False)
+    assert p.wait(20) == 1
+    ev = log_events(run_dir)
+    failed = [e for e in ev if e["event"] == "actor init failed"]
+    assert failed and failed[0]["actor"] == "b" and "instrument file missing" in failed[0]["reason"]
+    assert not any(e["event"] == "actor started" and e.get("actor") == "c" for e in ev)
+    assert [e["actor"] for e in ev if e["event"] == "actor stopped"] == ["a"]
+    assert "b exited before READY" in p.stderr.read().decode()
+
+
+def test_actor_start_timeout_aborts(procs, run_dir):
+    p = start_supervisor(procs, run_dir, env={"DUMMY_MODE_a": "hang-init"}, sets=["actors.a.start_timeout=1.0"],
+                         wait_running=False)
+    assert p.wait(20) == 1
+    assert "a: no READY within start_timeout 1s" in p.stderr.read().decode()
+
+
+def test_config_cycle_exits_2(run_dir):
+    r = subprocess.run([PY, "supervisor.py", "--config", "tests/fixtures/dummies.toml", "--run-dir", run_dir,
+                        "--set", "actors.a.after=[\"c\"]"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+    assert r.returncode == 2 and "cycle" in r.stderr
+
+
+def test_second_ctrl_c_forces_shutdown(procs, run_dir):
+    p = start_supervisor(procs, run_dir, env={"DUMMY_MODE_c": "slow-stop"}, sets=["actors.c.stop_timeout=30"])
+    pids = list(actor_pids(run_dir).values())
+    p.send_signal(signal.SIGINT)
+    wait_for(lambda: any(e["event"] == "shutting down" for e in log_events(run_dir)), 5, "shutdown begun")
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    p.wait(10)
+    assert time.monotonic() - t0 < 5
+    wait_gone(pids, 5)
+
+
+def test_ctl_status_and_restart_over_cli(procs, run_dir):
+    p = start_supervisor(procs, run_dir)
+    r = subprocess.run([PY, "scripts/ctl.py", "--run-dir", run_dir, "--json", "status"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode == 0
+    import json
+    data = json.loads(r.stdout)["data"]
+    assert data["run_id"] and set(data["actors"]) == {"a", "b", "c"}
+    for a in data["actors"].values():
+        assert a["state"] == "running" and a["pid"] and a["heartbeat_age_s"] is not None
+    r = subprocess.run([PY, "scripts/ctl.py", "--run-dir", run_dir, "restart", "a"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode == 0
+    r = subprocess.run([PY, "scripts/ctl.py", "--run-dir", run_dir, "shutdown"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode == 0
+    assert p.wait(10) == 0
