@@ -102,13 +102,14 @@ class Endpoints:
         tcp_host: str = "127.0.0.1",
         tcp_base_port: int = 47100,
         overrides: dict[str, str] | None = None,
+        check_ipc_len: bool = True,
     ):
         self.run_dir = os.path.abspath(os.fspath(run_dir))
         self._map: dict[str, str] = {}
         for i, name in enumerate(SPECS):
             if transport == "ipc":
                 path = os.path.join(self.run_dir, f"{name}.sock")
-                if len(path) > IPC_PATH_MAX:
+                if check_ipc_len and len(path) > IPC_PATH_MAX:
                     raise EndpointError(
                         f"ipc path too long ({len(path)} > {IPC_PATH_MAX} bytes): {path}; use a shorter --run-dir"
                     )
@@ -129,6 +130,20 @@ class Endpoints:
 
     def as_dict(self) -> dict[str, str]:
         return dict(self._map)
+
+    @classmethod
+    def from_run_dir(cls, run_dir: str | os.PathLike) -> "Endpoints":
+        """What a client uses: the map the running supervisor published.
+
+        Raises FileNotFoundError/ValueError if there is no readable endpoints.json.
+        """
+        import json
+
+        with open(os.path.join(os.fspath(run_dir), "endpoints.json"), "rb") as f:
+            published = json.load(f)
+        if not isinstance(published, dict):
+            raise ValueError("endpoints.json is not a JSON object")
+        return cls(run_dir, overrides={k: v for k, v in published.items() if k in SPECS}, check_ipc_len=False)
 
     @classmethod
     def from_config(cls, run_dir: str | os.PathLike, bus_cfg: Any) -> "Endpoints":

@@ -24,7 +24,7 @@ import zmq  # noqa: E402
 
 from bus.codec import ProtocolError, Stamper  # noqa: E402
 from bus.messages import CtlReply, CtlRequest  # noqa: E402
-from bus.sockets import LINGER_MS  # noqa: E402
+from bus.sockets import Endpoints, open_port  # noqa: E402
 
 COMMANDS = ["status", "pause", "resume", "stop-and-close", "halt", "restart", "shutdown"]
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -42,34 +42,27 @@ def request(run_dir: str, cmd: str, arg: str = "", timeout: float = 2.0) -> CtlR
     if _lock_holder(run_dir) is None:
         raise RuntimeError(f"no supervisor running in {run_dir}")
     try:
-        with open(os.path.join(run_dir, "endpoints.json"), "rb") as f:
-            endpoint = json.load(f)["control"]
-    except (OSError, ValueError, KeyError) as e:
+        endpoints = Endpoints.from_run_dir(run_dir)
+    except (OSError, ValueError) as e:
         raise RuntimeError(f"supervisor in {run_dir} has not published its endpoints yet ({e})") from None
     ctx = zmq.Context()
-    # The control socket is made here rather than through bus.sockets.open_port
-    # because the CLI reads the address from endpoints.json, not from config.
-    s = ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, LINGER_MS)
+    port = open_port(ctx, endpoints, "control", bind=False, stamper=Stamper("ctl", run=""))
     try:
-        s.connect(endpoint)
         rid = uuid.uuid4().hex[:12]
-        stamper = Stamper("ctl", run="")
-        s.send(stamper.encode("control", CtlRequest(id=rid, cmd=cmd, arg=arg)))
+        port.send(CtlRequest(id=rid, cmd=cmd, arg=arg))
         deadline = time.monotonic() + timeout
-        from bus.codec import codec
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not s.poll(int(left * 1000) + 1):
+            if left <= 0 or not port.sock.poll(int(left * 1000) + 1):
                 raise RuntimeError(f"no reply from the supervisor within {timeout:g}s")
             try:
-                env = codec("control").decode(s.recv())
+                msg = port.recv().msg
             except ProtocolError as e:
                 raise RuntimeError(f"bad reply from the supervisor: {e}") from None
-            if isinstance(env.msg, CtlReply) and env.msg.id in (rid, ""):
-                return env.msg
+            if isinstance(msg, CtlReply) and msg.id in (rid, ""):
+                return msg
     finally:
-        s.close()
+        port.close()
         ctx.term()
 
 
