@@ -104,13 +104,30 @@ class Procs:
         return tagged_pids(self.tag)
 
     def cleanup(self) -> list[int]:
-        """Kill everything still alive; return the pids that were left."""
-        left = []
+        """Kill what the test spawned directly; return the orphans that outlived it.
+
+        The direct children (e.g. a supervisor) are SIGKILLed if still running;
+        their own children must then disappear by themselves (PR_SET_PDEATHSIG,
+        orphan guard). Anything still tagged after a grace period is an orphan:
+        it is killed and reported, which fails the test.
+        """
+        for p in self.popens:
+            if p.poll() is None:
+                try:
+                    p.kill()
+                except ProcessLookupError:
+                    pass
+        for p in self.popens:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+            for f in (p.stdout, p.stderr, p.stdin):
+                if f:
+                    f.close()
+        left: list[int] = []
         deadline = time.monotonic() + 3.0
-        # Let processes that are already on their way out finish.
         while time.monotonic() < deadline:
-            for p in self.popens:
-                p.poll()
             left = self.leftovers()
             if not left:
                 break
@@ -120,19 +137,6 @@ class Procs:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        for p in self.popens:
-            if p.poll() is None:
-                try:
-                    p.kill()
-                except ProcessLookupError:
-                    pass
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-            for f in (p.stdout, p.stderr, p.stdin):
-                if f:
-                    f.close()
         return left
 
 
