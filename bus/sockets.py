@@ -188,6 +188,7 @@ class Port:
     role: str  # "bind" or "connect"
     sock_type: int
     stats: dict[str, int] = field(default_factory=lambda: {"bad": 0, "unroutable": 0, "dropped": 0})
+    addr: str = ""
 
     def send(self, msg: Any, *, topic: str | bytes | None = None, to: bytes | None = None,
              delim: bool = False, flags: int = 0) -> bool:
@@ -262,6 +263,13 @@ class Port:
 
     def close(self) -> None:
         self.sock.close(linger=LINGER_MS)
+        # libzmq leaves the ipc file behind; the binder owns it (one binder per
+        # run directory, guaranteed by the supervisor's lock), so remove it.
+        if self.role == "bind" and self.addr.startswith("ipc://"):
+            try:
+                os.unlink(self.addr[len("ipc://"):])
+            except OSError:
+                pass
 
 
 def open_port(
@@ -310,7 +318,7 @@ def open_port(
     except Exception:
         s.close(linger=0)
         raise
-    return Port(s, name, spec.channel, stamper, "bind" if bind else "connect", st)
+    return Port(s, name, spec.channel, stamper, "bind" if bind else "connect", st, addr=addr)
 
 
 def topic_for(kind: str, symbol: str = "") -> bytes:

@@ -44,6 +44,8 @@ def test_terminal_ctrl_c_reaches_only_supervisor_and_stops_in_reverse_order(proc
     stops = [e["actor"] for e in log_events(run_dir) if e["event"] == "actor stopped"]
     assert stops == ["c", "b", "a"]
     assert not any(pid_alive(x) for x in pids.values())
+    # a clean shutdown removes the ipc socket files and endpoints.json
+    assert not [f for f in os.listdir(run_dir) if f.endswith(".sock") or f == "endpoints.json"]
 
 
 def test_sigkill_supervisor_leaves_no_actor(procs, run_dir):
