@@ -1,0 +1,182 @@
+"""Pure accounting for the paper exchange: positions, average price, PnL, fees, round trips.
+
+No sockets, no I/O: the exchange feeds fills and marks in, the tests feed random
+sequences in, and both see the same numbers. Conventions:
+
+- a position is a signed int (long > 0, short < 0), in whole units;
+- ``avg_price`` is the volume-weighted entry price of the open quantity; reducing a
+  position leaves it unchanged, a reversal resets it to the reversing fill's price;
+- ``realized`` is gross (before fees); fees are accumulated separately, so
+  equity = initial_cash + realized + unrealized - fees
+         = cash + sum(position * mark * multiplier)       (cash account);
+- every fill that closes (part of) a position produces one ``RoundTrip`` for the
+  closed quantity, so realized == sum(round trip pnl) exactly by construction.
+  Fees are attributed pro rata by quantity: the closing share of the exit fill's
+  fee plus the closed share of the fees paid to open, so sum(trip fees) plus the
+  fees of still-open quantity equals total fees.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class RoundTrip:
+    symbol: str
+    side: str  # "long" or "short": direction of the position that was closed
+    qty: int
+    entry_ts: int
+    entry_price: float
+    exit_ts: int
+    exit_price: float
+    pnl: float  # gross
+    fees: float
+
+    @property
+    def net(self) -> float:
+        return self.pnl - self.fees
+
+
+@dataclass(slots=True)
+class Position:
+    symbol: str
+    multiplier: float = 1.0
+    qty: int = 0
+    avg_price: float = 0.0
+    mark: float = 0.0
+    realized: float = 0.0
+    fees: float = 0.0
+    open_ts: int = 0  # time of the fill that opened the current position
+    open_fees: float = 0.0  # fees paid for the open quantity, not yet in a round trip
+
+    @property
+    def unrealized(self) -> float:
+        if self.qty == 0 or self.mark <= 0.0:
+            return 0.0
+        return self.qty * (self.mark - self.avg_price) * self.multiplier
+
+    @property
+    def market_value(self) -> float:
+        return self.qty * self.mark * self.multiplier
+
+
+@dataclass(slots=True)
+class FillResult:
+    realized: float  # gross PnL this fill realized
+    position: int  # position after the fill
+    trips: list[RoundTrip] = field(default_factory=list)
+
+
+class AccountingError(ValueError):
+    pass
+
+
+class Account:
+    """Cash account with per-instrument positions, marked to the latest price."""
+
+    def __init__(self, initial_cash: float):
+        if not math.isfinite(initial_cash):
+            raise AccountingError(f"initial cash must be finite, got {initial_cash!r}")
+        self.initial_cash = float(initial_cash)
+        self.cash = float(initial_cash)
+        self.positions: dict[str, Position] = {}
+        self.trips: list[RoundTrip] = []
+        self.realized = 0.0
+        self.fees = 0.0
+        self.n_fills = 0
+
+    # ---------------------------------------------------------------- events
+    def apply_fill(self, symbol: str, side: str, qty: int, price: float, fee: float = 0.0, ts: int = 0,
+                   multiplier: float = 1.0) -> FillResult:
+        if side == "buy":
+            s = 1
+        elif side == "sell":
+            s = -1
+        else:
+            raise AccountingError(f"side must be buy or sell, got {side!r}")
+        if type(qty) is not int or qty <= 0:
+            raise AccountingError(f"fill qty must be a positive int, got {qty!r}")
+        if not (math.isfinite(price) and price > 0):
+            raise AccountingError(f"fill price must be finite and > 0, got {price!r}")
+        if not (math.isfinite(fee) and fee >= 0):
+            raise AccountingError(f"fee must be finite and >= 0, got {fee!r}")
+        if not (math.isfinite(multiplier) and multiplier > 0):
+            raise AccountingError(f"multiplier must be finite and > 0, got {multiplier!r}")
+        p = self.positions.get(symbol)
+        if p is None:
+            p = self.positions[symbol] = Position(symbol, multiplier=float(multiplier))
+        elif p.multiplier != multiplier:
+            raise AccountingError(f"{symbol}: multiplier {multiplier} differs from the position's {p.multiplier}")
+        m = p.multiplier
+
+        self.cash -= s * qty * price * m + fee
+        self.fees += fee
+        p.fees += fee
+        self.n_fills += 1
+        res = FillResult(0.0, 0)
+        open_qty, open_fee = qty, fee
+        if p.qty != 0 and (p.qty > 0) != (s > 0):
+            held = abs(p.qty)
+            close = min(qty, held)
+            direction = 1 if p.qty > 0 else -1
+            pnl = close * (price - p.avg_price) * m * direction
+            exit_fee = fee * close / qty
+            entry_fee = p.open_fees if close == held else p.open_fees * close / held
+            p.open_fees -= entry_fee
+            trip = RoundTrip(symbol, "long" if direction > 0 else "short", close, p.open_ts, p.avg_price, ts,
+                             price, pnl, entry_fee + exit_fee)
+            res.trips.append(trip)
+            self.trips.append(trip)
+            p.qty += s * close
+            p.realized += pnl
+            self.realized += pnl
+            res.realized = pnl
+            open_qty = qty - close
+            open_fee = fee - exit_fee
+            if p.qty == 0:
+                p.avg_price, p.open_ts, p.open_fees = 0.0, 0, 0.0
+        if open_qty:
+            if p.qty == 0:
+                p.avg_price, p.open_ts = float(price), ts
+            else:
+                held = abs(p.qty)
+                p.avg_price = (held * p.avg_price + open_qty * price) / (held + open_qty)
+            p.qty += s * open_qty
+            p.open_fees += open_fee
+        # A fill is a trade at that price: the freshest mark until market data says otherwise.
+        p.mark = float(price)
+        res.position = p.qty
+        return res
+
+    def mark(self, symbol: str, price: float) -> bool:
+        """Mark an instrument; returns True when an open position's value changed."""
+        p = self.positions.get(symbol)
+        if p is None or p.mark == price:
+            return False
+        if not (math.isfinite(price) and price > 0):
+            raise AccountingError(f"mark price must be finite and > 0, got {price!r}")
+        p.mark = float(price)
+        return p.qty != 0
+
+    # ---------------------------------------------------------------- views
+    def position(self, symbol: str) -> int:
+        p = self.positions.get(symbol)
+        return p.qty if p else 0
+
+    @property
+    def unrealized(self) -> float:
+        return sum(p.unrealized for p in self.positions.values())
+
+    @property
+    def market_value(self) -> float:
+        return sum(p.market_value for p in self.positions.values())
+
+    @property
+    def gross_exposure(self) -> float:
+        return sum(abs(p.market_value) for p in self.positions.values())
+
+    @property
+    def equity(self) -> float:
+        return self.cash + self.market_value

@@ -1,0 +1,182 @@
+"""The exchange's ledger: SQLite (WAL) at ``<run-dir>/ledger.sqlite``, the source of truth.
+
+Tables:
+  runs(id, run_id, start, end, config)        one row per exchange process start
+  meta(key, value)                            initial_cash, paused, halted
+  orders(order_id, cl_id UNIQUE, ...)         every accepted order and its current status
+  fills(fill_id, order_id, ...)               every fill, with the multiplier it was booked at
+  positions(symbol, qty, avg_price, ...)      derived; written in the fill's transaction and
+                                              cross-checked against a replay of fills on start
+
+Every state change is one transaction: a fill, its order's new status and the
+position it produces commit together (``record_fill``), before the caller
+publishes anything. WAL with synchronous=NORMAL: a commit is in the WAL file
+(the OS page cache) when ``COMMIT`` returns, so it survives SIGKILL of the
+process; only an OS crash or power cut can lose the last transactions.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    start INTEGER NOT NULL,
+    "end" INTEGER,
+    config TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS orders (
+    order_id INTEGER PRIMARY KEY,
+    cl_id TEXT NOT NULL UNIQUE,
+    symbol TEXT NOT NULL,
+    side TEXT NOT NULL CHECK (side IN ('buy', 'sell')),
+    qty INTEGER NOT NULL CHECK (qty > 0),
+    filled INTEGER NOT NULL DEFAULT 0,
+    order_type TEXT NOT NULL,
+    price REAL,
+    tif TEXT NOT NULL,
+    status TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    day INTEGER,
+    reason TEXT NOT NULL DEFAULT '',
+    updated INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fills (
+    fill_id INTEGER PRIMARY KEY,
+    order_id INTEGER NOT NULL REFERENCES orders(order_id),
+    cl_id TEXT NOT NULL,
+    symbol TEXT NOT NULL,
+    side TEXT NOT NULL,
+    qty INTEGER NOT NULL CHECK (qty > 0),
+    price REAL NOT NULL,
+    fee REAL NOT NULL,
+    ts INTEGER NOT NULL,
+    multiplier REAL NOT NULL,
+    position INTEGER NOT NULL,
+    realized REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS positions (
+    symbol TEXT PRIMARY KEY,
+    qty INTEGER NOT NULL,
+    avg_price REAL NOT NULL,
+    realized REAL NOT NULL,
+    fees REAL NOT NULL
+);
+"""
+
+ORDER_COLS = ("order_id", "cl_id", "symbol", "side", "qty", "filled", "order_type", "price", "tif", "status", "ts",
+              "day", "reason")
+FILL_COLS = ("fill_id", "order_id", "cl_id", "symbol", "side", "qty", "price", "fee", "ts", "multiplier", "position",
+             "realized")
+
+
+class Ledger:
+    def __init__(self, path: str):
+        self.path = path
+        # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT) below.
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
+        mode = self.db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise RuntimeError(f"{path}: cannot switch the ledger to WAL mode (got {mode})")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        with self.txn():
+            for stmt in SCHEMA.split(";"):
+                if stmt.strip():
+                    self.db.execute(stmt)
+        self.run_row: int | None = None
+
+    @contextmanager
+    def txn(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # ------------------------------------------------------------------ runs
+    def start_run(self, run_id: str, config_json: str, initial_cash: float) -> float:
+        """Record this process start; returns the ledger's initial cash (set by the first run only)."""
+        with self.txn() as db:
+            db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('initial_cash', ?)", (repr(float(initial_cash)),))
+            cur = db.execute("INSERT INTO runs(run_id, start, config) VALUES (?, ?, ?)",
+                             (run_id, time.time_ns(), config_json))
+            self.run_row = cur.lastrowid
+        return float(self.meta("initial_cash"))
+
+    def end_run(self) -> None:
+        if self.run_row is not None:
+            with self.txn() as db:
+                db.execute('UPDATE runs SET "end" = ? WHERE id = ?', (time.time_ns(), self.run_row))
+
+    def meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_flags(self, **flags: bool) -> None:
+        with self.txn() as db:
+            for k, v in flags.items():
+                db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (k, "1" if v else "0"))
+
+    # ---------------------------------------------------------------- reads
+    def orders(self) -> list[sqlite3.Row]:
+        return self.db.execute(f"SELECT {', '.join(ORDER_COLS)} FROM orders ORDER BY order_id").fetchall()
+
+    def fills(self) -> list[sqlite3.Row]:
+        return self.db.execute(f"SELECT {', '.join(FILL_COLS)} FROM fills ORDER BY fill_id").fetchall()
+
+    def positions(self) -> dict[str, sqlite3.Row]:
+        return {r["symbol"]: r for r in self.db.execute("SELECT * FROM positions")}
+
+    def next_ids(self) -> tuple[int, int]:
+        o = self.db.execute("SELECT COALESCE(MAX(order_id), 0) FROM orders").fetchone()[0]
+        f = self.db.execute("SELECT COALESCE(MAX(fill_id), 0) FROM fills").fetchone()[0]
+        return o + 1, f + 1
+
+    # --------------------------------------------------------------- writes
+    def insert_order(self, o: Any, day: int | None) -> None:
+        """``o`` is an OrderInfo. Raises sqlite3.IntegrityError on a reused cl_id."""
+        with self.txn() as db:
+            db.execute(
+                "INSERT INTO orders(order_id, cl_id, symbol, side, qty, filled, order_type, price, tif, status, ts, "
+                "day, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (o.order_id, o.cl_id, o.symbol, o.side, o.qty, o.filled, o.order_type, o.price, o.tif, o.status,
+                 o.ts, day, time.time_ns()),
+            )
+
+    def update_orders(self, changes: list[tuple[int, str, int, str]]) -> None:
+        """(order_id, status, filled, reason) for each order, in one transaction."""
+        now = time.time_ns()
+        with self.txn() as db:
+            db.executemany("UPDATE orders SET status = ?, filled = ?, reason = ?, updated = ? WHERE order_id = ?",
+                           [(st, filled, reason, now, oid) for oid, st, filled, reason in changes])
+
+    def set_order_day(self, order_id: int, day: int) -> None:
+        with self.txn() as db:
+            db.execute("UPDATE orders SET day = ? WHERE order_id = ?", (day, order_id))
+
+    def record_fill(self, fill: tuple, order: tuple[int, str, int, str], position: tuple) -> None:
+        """One transaction: the fill row (FILL_COLS order), its order's status/filled and the position
+        (symbol, qty, avg_price, realized, fees) after it."""
+        oid, status, filled, reason = order
+        with self.txn() as db:
+            db.execute(f"INSERT INTO fills({', '.join(FILL_COLS)}) VALUES ({', '.join('?' * len(FILL_COLS))})", fill)
+            db.execute("UPDATE orders SET status = ?, filled = ?, reason = ?, updated = ? WHERE order_id = ?",
+                       (status, filled, reason, time.time_ns(), oid))
+            db.execute("INSERT OR REPLACE INTO positions(symbol, qty, avg_price, realized, fees) VALUES (?,?,?,?,?)",
+                       position)
+
+    def close(self) -> None:
+        try:
+            self.db.close()
+        except sqlite3.Error:
+            pass
