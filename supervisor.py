@@ -206,8 +206,11 @@ class Supervisor:
     _force = False
 
     # ------------------------------------------------------------- children
+    # Internal states -> the ActorEvent vocabulary of the protocol.
+    EVENT_STATE = {"pending": "stopped", "backoff": "restarting"}
+
     def emit(self, c: Child, detail: str = "") -> None:
-        self.events.send(ActorEvent(actor=c.name, state=c.state if c.state != "pending" else "stopped",
+        self.events.send(ActorEvent(actor=c.name, state=self.EVENT_STATE.get(c.state, c.state),
                                     pid=c.pid, restarts=c.restarts, detail=detail[:4000]),
                          topic=topic_for("events", "actor"), flags=zmq.NOBLOCK)
 

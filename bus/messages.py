@@ -362,7 +362,11 @@ OrdersMsg = Union[
 #                  ROUTER "state.snap" (snapshots) -- the zguide Clone pattern
 # =============================================================================
 class SnapshotRequest(_Base, **_tag("snapshot-request")):
-    pass
+    # Why the client asks: "join", "gap", "restart", "stale". PUB drops silently
+    # per subscriber, so a client's report of the deltas it missed is the only
+    # way the publisher can count them.
+    reason: ShortStr = ""
+    missed: Annotated[int, Meta(ge=0)] = 0
 
 
 class Snapshot(_Base, **_tag("snapshot")):

@@ -50,7 +50,7 @@ SAMPLES = {
     m.OrderUpdate: m.OrderUpdate(order=ORDER),
     m.AccountUpdate: m.AccountUpdate(account=ACCT, positions=[POS]),
     m.OrdersError: m.OrdersError(code="bad-request", text="x"),
-    m.SnapshotRequest: m.SnapshotRequest(),
+    m.SnapshotRequest: m.SnapshotRequest(reason="gap", missed=3),
     m.Snapshot: m.Snapshot(state_seq=4, state={"run_id": "r"}),
     m.Delta: m.Delta(state_seq=5, key="account", value={"cash": 1.0}),
     m.StateHeartbeat: m.StateHeartbeat(state_seq=5),
@@ -141,7 +141,7 @@ def test_random_bytes_only_ever_raise_protocol_error(data, channel):
 
 @settings(max_examples=200, deadline=None)
 @given(st.dictionaries(st.sampled_from(["type", "cl_id", "symbol", "side", "qty", "price", "what", "x"]),
-                       st.one_of(st.none(), st.integers(), st.floats(), st.text(max_size=20), st.booleans()),
+                       st.one_of(st.none(), st.integers(min_value=-(2**63), max_value=2**64 - 1), st.floats(), st.text(max_size=20), st.booleans()),
                        max_size=6))
 def test_random_messages_only_ever_raise_protocol_error(msg):
     try:

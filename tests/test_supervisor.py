@@ -248,3 +248,15 @@ def test_ctl_status_and_restart_over_cli(procs, run_dir):
                        capture_output=True, text=True, timeout=10)
     assert r.returncode == 0
     assert p.wait(10) == 0
+
+
+def test_every_supervisor_state_is_a_valid_actor_event():
+    """Subscribers reject unknown states, so every internal state must map to one."""
+    import typing
+
+    from bus.messages import ActorEvent
+    from supervisor import Supervisor
+    allowed = set(typing.get_args(typing.get_type_hints(ActorEvent)["state"]))
+    assert allowed
+    internal = {"pending", "starting", "ready", "running", "stopping", "backoff", "exited", "failed"}
+    assert {Supervisor.EVENT_STATE.get(s, s) for s in internal} <= allowed
