@@ -391,15 +391,10 @@ def test_monitor_once_fails_clearly_when_nothing_answers(procs, tmp_path):
 
 
 def _doc_client_code() -> str:
-    # The section lives in docs/PROTOCOL-monitor.md until it is merged into docs/PROTOCOL.md.
-    for name in ("PROTOCOL-monitor.md", "PROTOCOL.md"):
-        p = ROOT / "docs" / name
-        if p.exists():
-            text = p.read_text()
-            if "## Monitor client (Clone pattern)" in text:
-                section = text.split("## Monitor client (Clone pattern)", 1)[1]
-                return section.split("```python\n", 1)[1].split("```", 1)[0]
-    raise AssertionError("no 'Monitor client (Clone pattern)' section in docs/")
+    text = (ROOT / "docs" / "PROTOCOL.md").read_text()
+    assert "## Monitor client (Clone pattern)" in text, "no 'Monitor client (Clone pattern)' section"
+    section = text.split("## Monitor client (Clone pattern)", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 
 def test_the_documented_twenty_line_client_works(make_system, procs):
