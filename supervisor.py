@@ -43,7 +43,8 @@ from bus import log as logmod
 from bus.codec import ProtocolError, Stamper
 from bus.fileio import atomic_write
 from bus.messages import (
-    ActorEvent, Command, CommandReply, CtlReply, CtlRequest, Heartbeat, InitFailed, Ready, Run, Stop, Stopped,
+    ActorEvent, Command, CommandReply, CtlReply, CtlRequest, Finished, Heartbeat, InitFailed, Ready, Run, Stop,
+    Stopped,
 )
 from bus.sockets import Endpoints, EndpointError, Port, ensure_run_dir, open_port, topic_for
 
@@ -103,6 +104,48 @@ def lock_holder(run_dir: str) -> dict | None:
         return None
     finally:
         os.close(fd)
+
+
+class Progress:
+    """Backtest progress bar on the terminal: bars done, bars/s, time left.
+
+    Fed from market-data's heartbeat status (``fseq``, ``total``), so it costs
+    the data path nothing.
+    """
+
+    def __init__(self, out: Any):
+        self.out = out
+        self.t0 = 0.0
+        self.last_draw = 0.0
+        self.drawn = False
+
+    def update(self, now: float, md: "Child | None") -> None:
+        if md is None or now - self.last_draw < 0.2:
+            return
+        st = md.status_info
+        done = int(st.get("fseq", 0) or 0)
+        if not done:
+            return
+        if not self.t0:
+            self.t0 = now
+        self.last_draw = now
+        total = int(md.info.get("total", 0) or st.get("total", 0) or 0)
+        rate = done / max(now - self.t0, 1e-6)
+        if total:
+            frac = min(done / total, 1.0)
+            bar = "#" * int(frac * 30)
+            eta = (total - done) / rate if rate > 0 else 0.0
+            line = f"[{bar:<30}] {done:,}/{total:,} bars  {rate:,.0f} bars/s  {eta:,.1f}s left"
+        else:
+            line = f"{done:,} bars  {rate:,.0f} bars/s"
+        self.out.write("\r" + line + "\x1b[K")
+        self.out.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        if self.drawn:
+            self.out.write("\n")
+            self.out.flush()
 
 
 @dataclass
@@ -167,6 +210,9 @@ class Supervisor:
         self._stop_request: str | None = None
         self._next_hb = 0.0
         self._next_events = 0.0
+        self.backtest = cfg.service.mode == "backtest"
+        self.finished_text = ""
+        self.progress = Progress(sys.stderr) if self.backtest and sys.stderr.isatty() else None
         self.ctx = zmq.Context()
         self.stamper = Stamper("supervisor", self.run_id)
         self.endpoints = Endpoints.from_config(run_dir, cfg.bus)
@@ -373,6 +419,12 @@ class Supervisor:
             c.info["init_error"] = msg.reason
         elif isinstance(msg, Stopped):
             self.log.info("actor stopped", actor=c.name, pid=c.pid)
+        elif isinstance(msg, Finished):
+            self.log.info("actor finished", actor=c.name, **{k: v for k, v in msg.summary.items()
+                                                             if isinstance(v, (int, float, str))})
+            if self.backtest and self._stop_request is None:
+                self.finished_text = msg.text
+                self._stop_request = f"backtest finished ({c.name})"
         elif isinstance(msg, CommandReply):
             for job in self.jobs:
                 if msg.id in job.waiting:
@@ -583,6 +635,8 @@ class Supervisor:
             self.heartbeat(now)
             self.check_timeouts(now)
             self.finish_jobs(now)
+            if self.progress is not None:
+                self.progress.update(now, self.children.get("market-data"))
             if self.phase == "stopping":
                 break
             self.wait(self.next_timeout(time.monotonic()))
@@ -616,8 +670,12 @@ class Supervisor:
                 self.on_exit(c)
         self.log.info("supervisor exiting", exit_code=self.exit_code, reason=self.shutdown_reason,
                       shutdown_s=round(time.monotonic() - t0, 4))
+        if self.progress is not None:
+            self.progress.close()
         if self.exit_code and sys.stderr:
             print(f"supervisor: {self.shutdown_reason}", file=sys.stderr)
+        if self.finished_text:
+            print(self.finished_text, flush=True)
 
     def close(self) -> None:
         try:

@@ -32,6 +32,19 @@ Fill model (documented rules):
 Query returns every position (flat ones too, with their realized PnL), the open
 orders and the account.
 
+Backtest mode (``service.mode = "backtest"``), deterministic and lossless:
+- bars are buffered and bar ``f`` is processed only once the strategy has
+  reported ``Progress(fseq >= f - 1)`` on the orders socket, so every order it
+  sent while handling bar ``f - 1`` is already in the book (one DEALER, FIFO);
+- an order accepted while the strategy's progress is ``g`` was decided on bar
+  ``g + 1`` or later, so it may fill from bar ``g + 2`` on, never on the bar
+  that produced it;
+- after processing, the exchange reports its own Progress to market-data,
+  which keeps at most a window of bars in flight (no PUB drop, ever);
+- after EndOfData and the last bar: orders expire as at end of data, then
+  fills.csv, trades.csv, equity.csv (one row per bar), summary.json and
+  report.png are written and ``Finished`` goes to the supervisor.
+
 Risk checks on submit: max open orders; worst-case position
 (position + open orders on the same side + this order) within max_position;
 order notional (qty * price * multiplier, market orders at the last price if one is
@@ -46,6 +59,8 @@ import math
 import os
 import sqlite3
 import time
+from collections import deque
+from types import SimpleNamespace
 from typing import Any
 
 import msgspec
@@ -54,12 +69,13 @@ import zmq
 from actors.accounting import Account
 from actors.base import Actor, CommandError, main
 from actors.ledger import Ledger
+from actors import report
 from bus.codec import ProtocolError, Stamper
 from bus.fileio import atomic_write
 from bus.messages import (
     AccountInfo, AccountUpdate, Bar, BarBatch, CancelAll, CancelOrder, CancelReply, EndOfData, Fill, Flatten,
     Instrument, InstrumentsReply, InstrumentsRequest, MdError, OrderAck, OrderInfo, OrderReject, OrdersError,
-    OrderUpdate, PositionInfo, Query, QueryReply, SubmitOrder, Tick,
+    OrderUpdate, PositionInfo, Progress, Query, QueryReply, SubmitOrder, Tick, Finished,
 )
 from bus.sockets import Port, Received, topic_for
 
@@ -94,7 +110,18 @@ class PaperExchange(Actor):
         initial = self.ledger.start_run(self.run_id, msgspec.json.encode(self.cfg).decode(), x.initial_cash)
         self.acct = Account(initial)
 
-        ref = self.open("md.ref", bind=False)
+        # Backtest state (see the module docstring).
+        self.backtest = self.cfg.service.mode == "backtest"
+        self.gate = 0  # strategy progress: every order from bars <= gate is in
+        self.done_fseq = 0  # last bar processed
+        self.pending: deque[Bar] = deque()
+        self.eligible: dict[int, int] = {}  # order id -> first fseq it may fill on
+        self.eod: EndOfData | None = None
+        self.finished = False
+        self.equity_rows: list[tuple[int, float]] = []
+        self.pos_rows: list[int] = []
+
+        ref = self.ref = self.open("md.ref", bind=False)
         rcv = self.request(ref, InstrumentsRequest(), INSTRUMENTS_TIMEOUT_S, expect=(InstrumentsReply, MdError))
         if isinstance(rcv.msg, MdError):
             raise RuntimeError(f"market-data refused the instrument list: {rcv.msg.code}: {rcv.msg.text}")
@@ -185,6 +212,12 @@ class PaperExchange(Actor):
             self._reply(rcv, CancelReply(cancelled=self._flatten(m.symbol)))
         elif isinstance(m, Query):
             self._reply(rcv, self._query(m.what))
+        elif isinstance(m, Progress):
+            # One-way, no reply: the strategy's bar progress gates backtest bars.
+            if m.fseq > self.gate:
+                self.gate = m.fseq
+                if self.backtest:
+                    self._advance()
         else:
             self._reply(rcv, OrdersError(code="bad-request", text=f"{type(m).__name__} is not a request"))
 
@@ -255,6 +288,8 @@ class PaperExchange(Actor):
         self._book_add(o)
         if day is not None:
             self.day_of[o.order_id] = day
+        if self.backtest:
+            self.eligible[o.order_id] = self.gate + 2
         self._publish_order(o, reason)
         return o
 
@@ -315,6 +350,17 @@ class PaperExchange(Actor):
 
     def _on_md(self, port: Port, rcv: Received) -> None:
         m = rcv.msg
+        if self.backtest:
+            if isinstance(m, BarBatch):
+                self.pending.extend(m.bars)
+            elif isinstance(m, Bar):
+                self.pending.append(m)
+            elif isinstance(m, EndOfData):
+                self.eod = m
+            else:
+                return
+            self._advance()
+            return
         if isinstance(m, Bar):
             self._on_price(m.symbol, m.ts, m.open, m.high, m.low, m.close)
         elif isinstance(m, Tick):
@@ -325,7 +371,43 @@ class PaperExchange(Actor):
         elif isinstance(m, EndOfData):
             self._on_eod(m)
 
-    def _on_price(self, sym: str, ts: int, op: float, hi: float, lo: float, cl: float) -> None:
+    def _advance(self) -> None:
+        """Backtest: process every buffered bar the strategy's progress allows."""
+        pending, gate1 = self.pending, self.gate + 1
+        done = self.done_fseq
+        positions = self.acct.positions
+        while pending and pending[0].fseq <= gate1:
+            b = pending.popleft()
+            self._on_price(b.symbol, b.ts, b.open, b.high, b.low, b.close, b.fseq)
+            done = b.fseq
+            self.equity_rows.append((b.ts, self.acct.equity))
+            if len(positions) <= 1:
+                self.pos_rows.append(sum(p.qty for p in positions.values()))
+            else:  # several instruments: gross units, for exposure time
+                self.pos_rows.append(sum(abs(p.qty) for p in positions.values()))
+        if done != self.done_fseq:
+            self.done_fseq = done
+            self.ref.send(Progress(fseq=done), flags=zmq.NOBLOCK)
+        if self.eod is not None and not pending and not self.finished and done >= self.eod.last_fseq:
+            self._finish()
+
+    def _finish(self) -> None:
+        """Backtest complete: close out as at end of data, write the results, tell the supervisor."""
+        self.finished = True
+        assert self.eod is not None
+        self._on_eod(self.eod)
+        fills = [SimpleNamespace(fee=r["fee"]) for r in self.ledger.fills()]
+        text = "no bars"
+        summary: dict[str, Any] = {}
+        if self.equity_rows:
+            summary = report.write_results(self.run_dir, self.equity_rows, self.acct.trips, fills, self.pos_rows,
+                                           title=f"paperbus backtest {self.run_id}", log=self.log)
+            text = report.format_text_summary(summary)
+        self.log.info("backtest finished", bars=len(self.equity_rows), fills=len(fills),
+                      final_equity=round(self.acct.equity, 2))
+        self.lifecycle.send(Finished(text=text[:16000], summary=summary), flags=zmq.NOBLOCK)
+
+    def _on_price(self, sym: str, ts: int, op: float, hi: float, lo: float, cl: float, fseq: int = 0) -> None:
         ids = self.book.get(sym)
         if ids:
             day = ts // DAY_NS
@@ -341,7 +423,10 @@ class PaperExchange(Actor):
             # Expire first: a DAY order must not fill on a later day's data.
             self._close_orders(expired, "expired", "day order expired")
             ioc_missed = []
+            eligible = self.eligible
             for oid in list(ids):
+                if eligible and eligible.get(oid, 0) > fseq:
+                    continue  # backtest: decided on this bar or later, may not fill on it
                 o = self.orders[oid]
                 px = self._match(o, op, hi, lo, cl)
                 if px is not None:

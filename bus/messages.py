@@ -92,6 +92,14 @@ class CommandReply(_Base, **_tag("command-reply")):
     data: dict[str, Any] = {}
 
 
+class Finished(_Base, **_tag("finished")):
+    """Backtest: the actor's work is complete (the exchange after end of data);
+    the supervisor prints ``text`` and shuts the run down in order, exit 0."""
+
+    text: Annotated[str, Meta(max_length=16384)] = ""
+    summary: dict[str, Any] = {}
+
+
 class ActorEvent(_Base, **_tag("actor-event")):
     """Published by the supervisor on ``events`` on every actor state change."""
 
@@ -102,7 +110,7 @@ class ActorEvent(_Base, **_tag("actor-event")):
     detail: Text = ""
 
 
-LifecycleMsg = Union[Ready, InitFailed, Run, Heartbeat, Stop, Stopped, Command, CommandReply, ActorEvent]
+LifecycleMsg = Union[Ready, InitFailed, Run, Heartbeat, Stop, Stopped, Command, CommandReply, Finished, ActorEvent]
 
 
 # =============================================================================
@@ -193,13 +201,24 @@ class HistoryReply(_Base, **_tag("history-reply")):
     bars: list[Bar]
 
 
+class Progress(_Base, **_tag("progress")):
+    """Backtest flow control: the sender has processed every md message up to
+    ``fseq``. Consumers send it to market-data (md.ref), which keeps at most a
+    window of bars in flight; the strategy sends it to the exchange (orders)
+    before the orders of a bar and at the end of each batch, which gates the
+    exchange's bar processing (see docs/ARCHITECTURE.md, Backtests)."""
+
+    fseq: Annotated[int, Meta(ge=0)]
+
+
 class MdError(_Base, **_tag("md-error")):
     code: ShortStr
     text: Text
 
 
 MdMsg = Union[
-    Bar, Tick, BarBatch, EndOfData, InstrumentsRequest, InstrumentsReply, HistoryRequest, HistoryReply, MdError
+    Bar, Tick, BarBatch, EndOfData, InstrumentsRequest, InstrumentsReply, HistoryRequest, HistoryReply, Progress,
+    MdError,
 ]
 
 
@@ -353,6 +372,7 @@ OrdersMsg = Union[
     Fill,
     OrderUpdate,
     AccountUpdate,
+    Progress,
     OrdersError,
 ]
 

@@ -25,6 +25,8 @@ SAMPLES = {
     m.Stopped: m.Stopped(),
     m.Command: m.Command(id=3, cmd="pause", args={"a": 1}),
     m.CommandReply: m.CommandReply(id=3, ok=False, error="no"),
+    m.Finished: m.Finished(text="done", summary={"trades": 3}),
+    m.Progress: m.Progress(fseq=512),
     m.ActorEvent: m.ActorEvent(actor="strategy", state="ready", pid=5, restarts=1),
     m.CtlRequest: m.CtlRequest(id="q", cmd="status"),
     m.CtlReply: m.CtlReply(id="q", ok=True, data={"actors": {}}),
