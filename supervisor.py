@@ -271,12 +271,14 @@ class Supervisor:
         root = os.path.dirname(os.path.abspath(__file__))
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         errpath = os.path.join(self.run_dir, "logs", f"{c.name}.stderr")
+        # cwd stays ours so relative paths in the config (data files) mean the same
+        # to the actors as to the user; PYTHONPATH finds the project's modules.
         with open(errpath, "ab") as err:
             # process_group=0: own group, so a terminal Ctrl+C reaches only the supervisor.
             c.proc = subprocess.Popen(
                 [sys.executable, "-m", c.cfg.module, "--run-dir", self.run_dir, "--config", self.effective_cfg,
                  "--name", c.name, "--run-id", self.run_id],
-                env=env, cwd=root, stdin=subprocess.DEVNULL, stdout=err, stderr=err, process_group=0,
+                env=env, cwd=os.getcwd(), stdin=subprocess.DEVNULL, stdout=err, stderr=err, process_group=0,
                 close_fds=True,
             )
         now = time.monotonic()

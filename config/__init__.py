@@ -171,7 +171,18 @@ def _humanize(err: msgspec.ValidationError) -> str:
     return f"key {key}: {reason}" if key else reason
 
 
-def load_raw(path: str | os.PathLike | None) -> tuple[dict, str]:
+def _merge(base: dict, over: dict) -> dict:
+    """Deep merge: tables merge key by key, anything else in ``over`` replaces."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_raw(path: str | os.PathLike | None, _seen: tuple[str, ...] = ()) -> tuple[dict, str]:
+    """Read one config file; a top-level ``base = "other.toml"`` (relative to this
+    file) is read first and this file's keys override it, so a backtest config
+    need not repeat the actor tables."""
     p = Path(path) if path is not None else DEFAULT_PATH
     try:
         data = p.read_bytes()
@@ -188,6 +199,15 @@ def load_raw(path: str | os.PathLike | None) -> tuple[dict, str]:
         raise ConfigError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'TOML'}: {e}") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{p}: top level must be a table")
+    base = doc.pop("base", None)
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"{p}: key base: expected a file name, got {type(base).__name__}")
+        bp = (p.parent / base).resolve()
+        if str(bp) in _seen or bp == p.resolve():
+            raise ConfigError(f"{p}: key base: {base} includes itself")
+        base_doc, _ = load_raw(bp, _seen + (str(p.resolve()),))
+        doc = _merge(base_doc, doc)
     return doc, str(p)
 
 

@@ -92,3 +92,22 @@ def test_actor_process_exits_2_on_config_error(run_dir, args, needle):
                        cwd=ROOT, capture_output=True, text=True, timeout=20)
     assert r.returncode == 2
     assert needle in r.stderr
+
+
+def test_base_file_is_merged_and_overridden(tmp_path):
+    base = tmp_path / "base.toml"
+    base.write_text('[exchange]\ninitial_cash = 5.0\ncommission_pct = 0.1\n[actors.a]\nmodule = "m"\n')
+    child = tmp_path / "child.toml"
+    child.write_text('base = "base.toml"\n[exchange]\ncommission_pct = 0.2\n')
+    cfg = load(child)
+    assert cfg.exchange.initial_cash == 5.0 and cfg.exchange.commission_pct == 0.2 and list(cfg.actors) == ["a"]
+    loop = tmp_path / "loop.toml"
+    loop.write_text('base = "loop.toml"\n')
+    with pytest.raises(ConfigError, match="includes itself"):
+        load(loop)
+
+
+def test_backtest_config_loads():
+    cfg = load(config.DEFAULT_PATH.with_name("backtest.toml"))
+    assert cfg.service.mode == "backtest" and cfg.market_data.feed == "replay"
+    assert list(cfg.actors) == ["market-data", "paper-exchange", "state-publisher", "strategy"]
