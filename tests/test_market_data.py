@@ -1,0 +1,335 @@
+"""market-data as a real process: READY counts, the RUN barrier, feeds, history, memory."""
+
+import csv
+import datetime as dt
+import os
+import subprocess
+
+import time
+
+import pytest
+
+import config as config_mod
+from bus.codec import Stamper
+from bus.messages import (
+    Bar, EndOfData, HistoryReply, HistoryRequest, InitFailed, InstrumentsReply, InstrumentsRequest, MdError, Progress,
+    Ready, Stopped,
+)
+from bus.sockets import open_port
+from tests.harness import PY, ROOT, FakeSupervisor, actor_cmd
+
+pytestmark = pytest.mark.timeout(60)
+
+NAME = "market-data"
+GOOG_CSV = str(ROOT / "data/sample/GOOG.csv")
+GOOG_ROWS = 2148
+
+
+class MD:
+    """One market-data process under a FakeSupervisor, with a SUB and a DEALER on its endpoints."""
+
+    def __init__(self, procs, run_dir, sets):
+        self.sup = FakeSupervisor(run_dir, config_mod.load(None, sets))
+        self.proc = procs.spawn(actor_cmd("actors.market_data", self.sup.run_dir, self.sup.write_config()),
+                                stderr=subprocess.PIPE)
+        self.stamper = Stamper("test", "test-run")
+        self.sub = None
+        self.ref = None
+
+    def connect(self, topics=("md.",)):
+        self.sub = open_port(self.sup.ctx, self.sup.endpoints, "md", bind=False, stamper=self.stamper,
+                             subscribe=topics)
+        self.ref = open_port(self.sup.ctx, self.sup.endpoints, "md.ref", bind=False, stamper=self.stamper)
+        # A round trip on md.ref: by then the SUB has long been connected and subscribed.
+        assert isinstance(self.request(InstrumentsRequest()), InstrumentsReply)
+
+    def request(self, msg, timeout=5.0):
+        self.ref.send(msg)
+        assert self.ref.sock.poll(int(timeout * 1000)), "no reply on md.ref"
+        return self.ref.recv().msg
+
+    def recv(self, timeout=10.0):
+        """Next md message, heartbeating the actor while waiting; None on timeout."""
+        deadline = _now() + timeout
+        while _now() < deadline:
+            self.sup.pump(0.001)
+            if self.sub.sock.poll(50):
+                return self.sub.recv().msg
+        return None
+
+    def hwm_kb(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+        raise AssertionError("no VmHWM")
+
+    def stop(self):
+        self.sup.stop(NAME)
+        self.sup.wait_msg(NAME, Stopped, 10)
+        assert self.proc.wait(10) == 0
+
+    def close(self):
+        # Every socket closed before the context terminates, or term() would block forever.
+        for p in (self.sub, self.ref):
+            if p is not None:
+                p.close()
+        self.sup.close()
+
+
+@pytest.fixture
+def start_md(procs):
+    made = []
+
+    def make(run_dir, sets):
+        made.append(MD(procs, run_dir, sets))
+        return made[-1]
+    yield make
+    for md in made:
+        md.close()
+
+
+def _now():
+    return time.monotonic()
+
+
+def synthetic_bars(start_md, run_dir, seed, n, extra=()):
+    md = start_md(run_dir, [f"market_data.seed={seed}", "market_data.rate_hz=100", *extra])
+    ready = md.sup.wait_msg(NAME, Ready, 15)
+    md.connect()
+    assert md.recv(timeout=0.3) is None, "published before RUN"
+    md.sup.run(NAME)
+    bars = [md.recv() for _ in range(n)]
+    md.stop()
+    return ready, bars
+
+
+def test_ready_counts_barrier_and_synthetic_sequence(start_md, run_dir):
+    inst = str(ROOT / "data/sample/instruments_options.csv")
+    ready, bars = synthetic_bars(start_md, run_dir, 7, 40, [f'market_data.instruments="{inst}"'])
+    assert ready.info == {"instruments": 4, "option_mappings": 2}
+    assert all(isinstance(b, Bar) for b in bars)
+    assert [b.fseq for b in bars] == list(range(1, 41))  # contiguous from 1: nothing lost before RUN
+    # Options get no GBM path; equities and futures alternate in master order, one bar each per step.
+    assert [b.symbol for b in bars[:4]] == ["GOOG", "ES", "GOOG", "ES"]
+    goog = [b for b in bars if b.symbol == "GOOG"]
+    assert all(b.low <= min(b.open, b.close) and b.high >= max(b.open, b.close) for b in bars)
+    assert all(abs(b.close / 0.01 - round(b.close / 0.01)) < 1e-6 for b in goog)  # on the tick grid
+    assert [b.ts - goog[0].ts for b in goog[:3]] == [0, 60 * 10**9, 120 * 10**9]  # bar_seconds apart
+
+
+def test_synthetic_is_deterministic_per_seed(start_md, run_dir):
+    def key(bars):
+        return [(b.symbol, b.fseq, b.open, b.high, b.low, b.close, b.volume) for b in bars]
+
+    a = key(synthetic_bars(start_md, os.path.join(run_dir, "a"), 3, 20)[1])
+    b = key(synthetic_bars(start_md, os.path.join(run_dir, "b"), 3, 20)[1])
+    c = key(synthetic_bars(start_md, os.path.join(run_dir, "c"), 4, 20)[1])
+    assert a == b
+    assert [x[:2] for x in a] == [x[:2] for x in c] and a != c
+    assert {x[0] for x in a} == {"SYN1", "SYN2"}
+
+
+def replay_goog(start_md, run_dir, extra=()):
+    md = start_md(run_dir, ["market_data.feed=replay", f'market_data.path="{GOOG_CSV}"',
+                             f'market_data.instruments="{ROOT}/data/sample/instruments.csv"', *extra])
+    assert md.sup.wait_msg(NAME, Ready, 15).info == {"instruments": 1, "option_mappings": 0}
+    md.connect()
+    md.sup.run(NAME)
+    return md
+
+
+def test_replay_goog_to_end_of_data_then_history(start_md, run_dir):
+    md = replay_goog(start_md, run_dir)
+    msgs = []
+    while True:
+        m = md.recv()
+        assert m is not None, f"stalled after {len(msgs)} messages"
+        msgs.append(m)
+        if isinstance(m, EndOfData):
+            break
+    bars, eod = msgs[:-1], msgs[-1]
+    assert eod.count == GOOG_ROWS and eod.last_fseq == GOOG_ROWS and eod.feed == "replay:GOOG.csv"
+    assert [b.fseq for b in bars] == list(range(1, GOOG_ROWS + 1))
+    with open(GOOG_CSV) as f:
+        rows = list(csv.reader(f))[1:]
+    first, last = bars[0], bars[-1]
+    assert first.symbol == "GOOG" and first.ts == int(dt.datetime(2004, 8, 19, tzinfo=dt.timezone.utc).timestamp()) * 10**9
+    assert (first.open, first.high, first.low, first.close, first.volume) == (100.0, 104.06, 95.96, 100.34, 22351900)
+    assert last.close == float(rows[-1][4]) and last.volume == int(rows[-1][5])
+
+    # The actor stays up after end of data and serves history of what it published.
+    h = md.request(HistoryRequest(symbol="GOOG", n=5))
+    assert isinstance(h, HistoryReply) and h.bars == bars[-5:]
+    err = md.request(HistoryRequest(symbol="MSFT", n=5))
+    assert isinstance(err, MdError) and err.code == "unknown-symbol" and "MSFT" in err.text
+    # Undecodable bytes get an error reply too, and change nothing.
+    md.ref.sock.send(b"\x93garbage")
+    assert md.ref.sock.poll(5000)
+    err = md.ref.recv().msg
+    assert isinstance(err, MdError) and err.code == "bad-request"
+    err = md.request(Bar(symbol="GOOG", ts=1, open=1.0, high=1.0, low=1.0, close=1.0))
+    assert isinstance(err, MdError) and err.code == "bad-request"
+    md.ref.send(Progress(fseq=5))  # one-way (backtest flow control): no reply, so the next reply is history
+    assert md.request(HistoryRequest(symbol="GOOG", n=1)).bars == bars[-1:]
+    md.stop()
+
+
+def _vm_hwm_full_load(path):
+    """Peak RSS growth of reading the whole file at once with pandas, in a fresh process (kB)."""
+    code = ("import sys, pandas as pd\n"
+            "def hwm():\n"
+            "    return int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])\n"
+            "a = hwm(); df = pd.read_csv(sys.argv[1]); print(hwm() - a)\n")
+    return int(subprocess.run([PY, "-c", code, path], capture_output=True, check=True, text=True,
+                              timeout=60).stdout)
+
+
+def test_replay_large_file_in_chunks_with_bounded_memory(start_md, run_dir):
+    import numpy as np
+    import pandas as pd  # imported here: the rest of the suite does not pay for it
+
+    # Baseline: the same process replaying the small GOOG file (pandas imported, history filled).
+    md = replay_goog(start_md, os.path.join(run_dir, "small"))
+    while not isinstance(md.recv(), EndOfData):
+        pass
+    small_kb = md.hwm_kb()
+    md.stop()
+
+    # 1,000,000 rows: a 50,000-row block written 20 times (timestamps restart per block;
+    # a speed-0 replay does not care, and writing it this way takes a fraction of a second).
+    n_block, reps = 50_000, 20
+    rng = np.random.default_rng(1)
+    c = 100 * np.exp(np.cumsum(rng.normal(0, 0.001, n_block)))
+    o = np.concatenate([[c[0]], c[:-1]])
+    block = pd.DataFrame({"time": 1_600_000_000 + np.arange(n_block) * 60, "o": o.round(2),
+                          "h": (np.maximum(o, c) * 1.001).round(2), "l": (np.minimum(o, c) * 0.999).round(2),
+                          "c": c.round(2), "v": rng.integers(100, 10_000, n_block)})
+    text = block.to_csv(index=False)
+    header, body = text.split("\n", 1)
+    path = os.path.join(run_dir, "big.csv")
+    with open(path, "w") as f:
+        f.write(header + "\n" + body * reps)
+    rows = n_block * reps
+    full_kb = _vm_hwm_full_load(path)
+
+    md = start_md(os.path.join(run_dir, "big"), [
+        "market_data.feed=replay", f'market_data.path="{path}"', "market_data.symbol=BIG",
+        'market_data.symbols=["BIG"]', "market_data.chunk_rows=20000", 'market_data.timestamp_column="time"',
+        'market_data.columns={open="o", high="h", low="l", close="c", volume="v"}'])
+    md.sup.wait_msg(NAME, Ready, 15)
+    md.connect(topics=("md.eod",))
+    md.sup.run(NAME)
+    eod = md.recv(timeout=50)
+    assert isinstance(eod, EndOfData), eod
+    assert eod.count == rows and eod.last_fseq == rows
+    big_kb = md.hwm_kb()
+    h = md.request(HistoryRequest(symbol="BIG", n=3))
+    assert [b.close for b in h.bars] == list(block["c"].iloc[-3:]) and h.bars[-1].fseq == rows
+    md.stop()
+    growth = big_kb - small_kb
+    print(f"peak RSS kB: small replay {small_kb}, 1M-row replay {big_kb}, whole-file load +{full_kb}")
+    # Reading it whole costs >100 MB more; streaming costs a chunk (a few MB).
+    assert full_kb > 100_000, full_kb
+    assert growth < full_kb / 4, (growth, full_kb, small_kb, big_kb)
+
+
+@pytest.mark.parametrize("sets,needle", [
+    (["market_data.feed=replay", 'market_data.path="/nonexistent/data.csv"'], "replay file not found: /nonexistent"),
+    (["market_data.feed=replay", f'market_data.path="{GOOG_CSV}"', 'market_data.symbols=["GOOG"]',
+      'market_data.columns={close="Last"}'], "columns.close = 'Last' is not a column"),
+    (["market_data.feed=replay", f'market_data.path="{GOOG_CSV}"'], "replay symbol 'GOOG' is not in the instrument"),
+    (['market_data.instruments="/nonexistent/inst.csv"'], "instrument file not found: /nonexistent/inst.csv"),
+])
+def test_startup_errors_are_init_failures(start_md, run_dir, sets, needle):
+    md = start_md(run_dir, sets)
+    failed = md.sup.wait_msg(NAME, InitFailed, 15)
+    assert needle in failed.reason, failed.reason
+    assert md.proc.wait(10) == 1
+
+
+def test_bad_instrument_row_fails_startup_naming_file_and_row(start_md, run_dir):
+    p = os.path.join(run_dir, "inst.csv")
+    with open(p, "w") as f:
+        f.write("symbol,kind,tick_size\nGOOG,equity,0.01\nC1,option,0.01\n")
+    md = start_md(os.path.join(run_dir, "r"), [f'market_data.instruments="{p}"'])
+    failed = md.sup.wait_msg(NAME, InitFailed, 15)
+    assert f"{p}: row 3: option C1 needs underlying" in failed.reason, failed.reason
+    assert md.proc.wait(10) == 1
+
+
+def test_parquet_needs_pyarrow_or_replays(start_md, run_dir):
+    import pandas as pd
+
+    try:
+        import pyarrow  # noqa: F401
+        have = True
+    except ImportError:
+        have = False
+    path = os.path.join(run_dir, "GOOG.parquet")
+    if have:
+        pd.read_csv(GOOG_CSV).to_parquet(path)
+    else:
+        with open(path, "wb") as f:
+            f.write(b"PAR1")  # never read: the missing pyarrow is found first
+    md = start_md(os.path.join(run_dir, "r"), ["market_data.feed=replay", f'market_data.path="{path}"',
+                                               'market_data.symbols=["GOOG"]'])
+    if not have:
+        failed = md.sup.wait_msg(NAME, InitFailed, 15)
+        assert "needs pyarrow" in failed.reason and path in failed.reason
+        assert md.proc.wait(10) == 1
+        return
+    md.sup.wait_msg(NAME, Ready, 15)
+    md.connect(topics=("md.eod",))
+    md.sup.run(NAME)
+    eod = md.recv()
+    assert isinstance(eod, EndOfData) and eod.count == GOOG_ROWS
+    md.stop()
+
+
+def test_replay_skips_rows_that_would_not_decode(start_md, run_dir):
+    # NaN, non-positive prices and high < low would be rejected by every receiver: dropped at the source.
+    path = os.path.join(run_dir, "X.csv")
+    with open(path, "w") as f:
+        f.write("date,open,high,low,close,volume\n"
+                "2024-01-02,10,11,9,10.5,100\n"
+                "2024-01-03,10,,9,10.5,100\n"
+                "2024-01-04,-1,11,9,10.5,100\n"
+                "2024-01-05,10,9,11,10.5,100\n"
+                "2024-01-06,10,12,9,11.5,\n")
+    md = start_md(os.path.join(run_dir, "r"), ["market_data.feed=replay", f'market_data.path="{path}"',
+                                               'market_data.symbols=["X"]'])
+    md.sup.wait_msg(NAME, Ready, 15)
+    md.connect()
+    md.sup.run(NAME)
+    got = [md.recv(), md.recv(), md.recv()]
+    assert [type(m).__name__ for m in got] == ["Bar", "Bar", "EndOfData"]
+    assert [(b.fseq, b.close, b.volume) for b in got[:2]] == [(1, 10.5, 100), (2, 11.5, 0)]
+    assert got[2].count == 2 and got[2].last_fseq == 2
+    md.stop()
+
+
+def test_replay_ticks_with_symbol_column_epoch_ms_and_pacing(start_md, run_dir):
+    # Ticks of two symbols in one file (a symbol column), epoch milliseconds, paced at 1000x real time;
+    # a row for a symbol outside the instrument master is dropped.
+    path = os.path.join(run_dir, "ticks.csv")
+    with open(path, "w") as f:
+        f.write("t,sym,px,qty\n"
+                "1700000000000,AAA,10.5,3\n"
+                "1700000001000,BBB,20.25,1\n"
+                "1700000002000,ZZZ,1.0,1\n"
+                "1700000003000,AAA,10.75,2\n")
+    md = start_md(os.path.join(run_dir, "r"), [
+        "market_data.feed=replay", f'market_data.path="{path}"', "market_data.kind=ticks",
+        'market_data.symbols=["AAA", "BBB"]', "market_data.speed=1000",
+        'market_data.columns={symbol="sym", price="px", size="qty"}'])
+    md.sup.wait_msg(NAME, Ready, 15)
+    md.connect()
+    md.sup.run(NAME)
+    got = [md.recv() for _ in range(4)]
+    assert [type(m).__name__ for m in got] == ["Tick", "Tick", "Tick", "EndOfData"]
+    assert [(t.symbol, t.ts, t.price, t.size, t.fseq) for t in got[:3]] == [
+        ("AAA", 1_700_000_000_000 * 10**6, 10.5, 3, 1), ("BBB", 1_700_000_001_000 * 10**6, 20.25, 1, 2),
+        ("AAA", 1_700_000_003_000 * 10**6, 10.75, 2, 3)]
+    assert got[3].count == 3
+    md.stop()
