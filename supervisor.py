@@ -327,6 +327,15 @@ class Supervisor:
             self.emit(c, how)
             self.begin_shutdown(f"{c.name} exited before READY ({how})", EXIT_FAIL)
             return
+        if self.backtest:
+            # A replay cannot be resumed mid-way and stay deterministic: any
+            # exit before Finished aborts the backtest.
+            c.state = "failed"
+            self.log.error("actor exited during backtest", actor=c.name, pid=c.pid, how=how,
+                           uptime_s=round(uptime, 3), next="abort backtest")
+            self.emit(c, how)
+            self.begin_shutdown(f"{c.name} exited during the backtest ({how})", EXIT_FAIL)
+            return
         # Decide by policy.
         abnormal = rc != 0
         policy = c.cfg.restart

@@ -106,7 +106,15 @@ class PaperExchange(Actor):
         self.export_dirty = False
         self.last_export = 0.0
 
-        self.ledger = Ledger(os.path.join(self.run_dir, "ledger.sqlite"))
+        ledger_path = os.path.join(self.run_dir, "ledger.sqlite")
+        if self.cfg.service.mode == "backtest":
+            # A backtest starts from nothing: a ledger left by an earlier run in
+            # this directory would otherwise be rebuilt into this one. (The
+            # supervisor never restarts actors in backtest mode.)
+            for suffix in ("", "-wal", "-shm"):
+                if os.path.exists(ledger_path + suffix):
+                    os.unlink(ledger_path + suffix)
+        self.ledger = Ledger(ledger_path)
         initial = self.ledger.start_run(self.run_id, msgspec.json.encode(self.cfg).decode(), x.initial_cash)
         self.acct = Account(initial)
 

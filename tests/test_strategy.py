@@ -24,13 +24,14 @@ from tests.harness import FakeSupervisor, actor_cmd
 pytestmark = pytest.mark.timeout(40)
 
 GOOG = Instrument(symbol="GOOG", kind="equity", tick_size=0.01)
-# Hand-checked SmaCross(fast=2, slow=3) on these closes (bar numbers from 1):
-#  bar 3: SMA2 10.0  SMA3 10.00  (first pair)        bar 4: 9.5 vs 9.67  (prev equal: no cross)
+# Hand-checked SmaCross(fast=2, slow=3) on these closes (bar numbers from 1), with
+# backtrader's rule (nzd = last non-zero SMA2 - SMA3, seeded on bar 3 even if zero):
+#  bar 3: SMA2 10.0  SMA3 10.00  (seed nzd 0)        bar 4: 9.5 vs 9.67  (nzd 0: no cross)
 #  bar 5: 8.5 vs 9.00   bar 6: 8.5 vs 8.67           bar 7: 10.0 vs 9.33 -> UP-cross  (target +qty)
-#  bar 8: 11.5 vs 10.67 bar 9: 11.0 vs 11.00 (equal) bar 10: 9.0 vs 10.0 (prev equal: strict rule, no cross)
-#  bar 11: 7.5 vs 8.33  bar 12: 9.5 vs 9.00 -> UP-cross (target +qty again: already there, sends nothing)
+#  bar 8: 11.5 vs 10.67 bar 9: 11.0 vs 11.00 (tie: nzd stays +0.83)
+#  bar 10: 9.0 vs 10.0 -> DOWN-cross through the tie (target -qty)
+#  bar 11: 7.5 vs 8.33  bar 12: 9.5 vs 9.00 -> UP-cross (target +qty)
 #  bar 13: 9.0 vs 8.33  bar 14: 4.5 vs 7.00 -> DOWN-cross (target -qty, or 0 when long_only)
-#  bar 15: 11.5 vs 9.67 -> UP-cross
 CLOSES = [10, 10, 10, 9, 8, 9, 11, 12, 10, 8, 7, 12, 6, 3, 20]
 BAR_NS = 60 * 10**9
 
@@ -67,13 +68,38 @@ def test_sma_cross_hand_checked_signals_and_in_flight_accounting():
             ctx.apply_fill(fill(sent[0].cl_id, "buy", 5, 5))
 
     ctx, sent = run_plugin(SmaCross(fast=2, slow=3, qty=5), CLOSES[:14], after)
-    changes = [(n, s) for (n, s), prev in zip(log, [(0, [])] + log) if s != prev[1]]
-    assert changes == [(7, [("buy", 5)]), (14, [("buy", 5), ("sell", 10)])]
+    changes = [(n, [x[-1]]) for (n, x), prev in zip(log, [(0, [])] + log) if x != prev[1]]
+    # bar 7: +5; bar 10: -5 with the buy in flight -> sell 10; bar 12: +5 with +5-10 in flight -> buy 10;
+    # bar 14: -5 with the bar-7 buy filled (+5) and -10+10 in flight -> sell 10
+    assert changes == [(7, [("buy", 5)]), (10, [("sell", 10)]), (12, [("buy", 10)]), (14, [("sell", 10)])]
     assert all(isinstance(m, SubmitOrder) and m.order_type == "market" for m in sent)
-    assert sent[0].cl_id != sent[1].cl_id and ctx.inflight("GOOG") == -10
+    assert len({m.cl_id for m in sent}) == 4 and ctx.inflight("GOOG") == -10
 
     _, sent = run_plugin(SmaCross(fast=2, slow=3, qty=5, long_only=True), CLOSES[:14])
-    assert [(m.side, m.qty) for m in sent] == [("buy", 5), ("sell", 5)]  # bar 7 long, bar 14 flat (in flight)
+    # long at 7, flat at 10, long at 12, flat at 14 (nothing fills in this run)
+    assert [(m.side, m.qty) for m in sent] == [("buy", 5), ("sell", 5), ("buy", 5), ("sell", 5)]
+
+
+def test_sma_cross_signals_equal_backtrader_rule_on_ties():
+    """The plugin's crosses are the reference crossovers() (proven equal to backtrader's
+    CrossOver in test_bt_reference) on the crafted tie series and on GOOG."""
+    from tests import bt_reference as ref
+    from tests.test_bt_reference import EDGE_CLOSES
+
+    for closes, fast, slow in ((EDGE_CLOSES, 1, 2), ([b.close for b in ref.load_bars()], 10, 20)):
+        expected = ref.crossovers(ref.sma(closes, fast), ref.sma(closes, slow))
+        got = []
+
+        class Probe(SmaCross):
+            def target_position(self, symbol, qty):
+                got[-1] = 1 if qty > 0 else -1
+
+        p = Probe(fast=fast, slow=slow, qty=1)
+        p.bind(Context([GOOG], send=lambda m: None, cl_prefix="t"))
+        for i, c in enumerate(closes):
+            got.append(0)
+            p.on_bar(bar(i, c))
+        assert got == expected and any(got)
 
 
 def test_target_position_counts_fills_and_updates_in_either_order():

@@ -1,18 +1,17 @@
 """SmaCross: moving-average crossover, long-short (or long-only) at a fixed size.
 
-Crossover rule, evaluated on the close of each bar t once both SMAs exist at
-t-1 and t (so ``warmup_bars = slow + 1``):
+Crossover rule (backtrader's ``CrossOver``, so backtests agree with it exactly,
+see docs/PARITY.md), evaluated on the close of each bar t once both SMAs exist:
 
-- up-cross   when fast[t-1] < slow[t-1] and fast[t] > slow[t] -> target +qty
-- down-cross when fast[t-1] > slow[t-1] and fast[t] < slow[t] -> target -qty
+- d[t] = fast[t] - slow[t]; nzd[t] = d[t] if it is non-zero, else nzd[t-1]
+  (seeded on the first bar where both SMAs exist, even if zero);
+- up-cross   at t when nzd[t-1] < 0 and fast[t] > slow[t] -> target +qty
+- down-cross at t when nzd[t-1] > 0 and fast[t] < slow[t] -> target -qty
   (0 when ``long_only``)
 
-Strict on both sides: an SMA equal to the other at t-1 or t is not a cross, so
-touching without crossing never trades. Between crosses nothing is sent.
-Difference from backtrader's ``CrossOver``: it carries the last non-zero
-difference through ties, so fast == slow at t-1 followed by fast > slow at t
-is a cross there when the difference was negative before the tie; here it is
-not. The two agree whenever the SMAs are never exactly equal.
+So touching (equal SMAs) and then passing through is one cross, on the bar
+where it passes through; touching and going back is no cross. Between crosses
+nothing is sent. The first possible signal is on bar ``slow + 1``.
 
 Example (fast=2, slow=3, qty=5), closes 10 10 10 9 8 9 11 12:
 SMA2 from the 2nd bar, SMA3 from the 3rd; at bar 7 (close 11) SMA2 = 10.0 >
@@ -43,7 +42,7 @@ class SmaCross(Strategy):
         self.fast, self.slow, self.qty, self.long_only = fast, slow, qty, bool(long_only)
         self.warmup_bars = slow + 1
         self.closes: dict[str, deque[float]] = {}
-        self.prev: dict[str, tuple[float, float]] = {}  # (fast, slow) SMA at the previous bar
+        self.nzd: dict[str, float] = {}  # last non-zero fast - slow difference, per symbol
 
     def on_bar(self, bar: Bar) -> None:
         c = self.closes.get(bar.symbol)
@@ -55,12 +54,12 @@ class SmaCross(Strategy):
         closes = list(c)
         f = sum(closes[-self.fast:]) / self.fast
         s = sum(closes) / self.slow
-        prev = self.prev.get(bar.symbol)
-        self.prev[bar.symbol] = (f, s)
+        prev = self.nzd.get(bar.symbol)
+        d = f - s
+        self.nzd[bar.symbol] = d if (d or prev is None) else prev
         if prev is None:
-            return
-        pf, ps = prev
-        if pf < ps and f > s:
+            return  # seed bar: no signal
+        if prev < 0.0 and f > s:
             self.target_position(bar.symbol, self.qty)
-        elif pf > ps and f < s:
+        elif prev > 0.0 and f < s:
             self.target_position(bar.symbol, 0 if self.long_only else -self.qty)
