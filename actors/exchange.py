@@ -129,7 +129,8 @@ class PaperExchange(Actor):
         self.equity_rows: list[tuple[int, float]] = []
         self.pos_rows: list[int] = []
 
-        ref = self.ref = self.open("md.ref", bind=False)
+        # Stable identity: market-data's backtest flow control keys Progress by it.
+        ref = self.ref = self.open("md.ref", bind=False, identity=self.name)
         rcv = self.request(ref, InstrumentsRequest(), INSTRUMENTS_TIMEOUT_S, expect=(InstrumentsReply, MdError))
         if isinstance(rcv.msg, MdError):
             raise RuntimeError(f"market-data refused the instrument list: {rcv.msg.code}: {rcv.msg.text}")

@@ -34,7 +34,7 @@ from actors import instruments as instruments_mod
 from actors.base import Actor, main
 from bus.codec import ProtocolError
 from bus.messages import (
-    Bar, EndOfData, HistoryReply, HistoryRequest, Instrument, InstrumentsReply, InstrumentsRequest, MdError,
+    Bar, BarBatch, EndOfData, HistoryReply, HistoryRequest, Instrument, InstrumentsReply, InstrumentsRequest, MdError,
     Progress, Tick,
 )
 from bus.sockets import Port, Received, topic_for
@@ -45,6 +45,9 @@ SLICE_ROWS = 2_000  # rows published per work() call: bounds the time between he
 SUB_STEPS = 16  # GBM steps per synthetic bar (they make high/low)
 YEAR_S = 365.25 * 86400.0
 TOPIC_EOD = topic_for("md.eod")
+TOPIC_BATCH = topic_for("md.batch")
+BACKTEST_WINDOW_BATCHES = 4  # bars in flight <= 4 batches: far below the md PUB's 100k HWM
+FLOW_CONSUMERS = ("paper-exchange", "strategy")  # md.ref identities whose Progress gates a backtest
 
 
 class ReplayError(ValueError):
@@ -144,6 +147,26 @@ class Replay:
         self.usecols = sorted({self.ts_col, *self.colmap.values()})
         self.skipped = 0  # rows dropped: bad prices, unknown symbols
         self.rows_read = 0
+        self.total_rows = 0
+
+    def count_rows(self) -> int:
+        """Data rows in the file, for the backtest progress bar (a fast byte scan for CSV)."""
+        if self.fmt == "parquet":
+            self.total_rows = self._pyarrow().ParquetFile(self.path).metadata.num_rows
+            return self.total_rows
+        n = 0
+        last = b"\n"
+        with open(self.path, "rb") as f:
+            while True:
+                block = f.read(1 << 20)
+                if not block:
+                    break
+                n += block.count(b"\n")
+                last = block[-1:]
+        if last != b"\n":
+            n += 1  # last line without a newline
+        self.total_rows = max(0, n - 1)  # minus the header
+        return self.total_rows
 
     def _header(self) -> list[str]:
         if self.fmt == "csv":
@@ -263,9 +286,20 @@ class MarketData(Actor):
         else:
             self.gbm = [GbmSymbol(i, md.seed, md.start_price, md.drift, md.volatility, md.bar_seconds)
                         for i in self.instruments if i.kind != "option"]
+        # Backtest: bars go out in BarBatch messages, at most `window` bars ahead
+        # of the slowest flow consumer's Progress, so the PUB never reaches its
+        # high-water mark and nothing is dropped (see docs/ARCHITECTURE.md).
+        self.backtest = self.cfg.service.mode == "backtest" and self.replay is not None and md.kind == "bars"
+        self.batch_n = md.batch_bars
+        self.window = BACKTEST_WINDOW_BATCHES * md.batch_bars
+        self.consumers = tuple(FLOW_CONSUMERS)
+        self.waiting_credit = 0  # times the window was full (how often consumers held us back)
+        info: dict[str, Any] = {"instruments": len(self.instruments), "option_mappings": self.option_mappings}
+        if self.backtest:
+            info["total"] = self.replay.count_rows()  # type: ignore[union-attr]  # for the progress bar
         self.pub = self.open("md", bind=True)
         self.ref = self.open("md.ref", bind=True, handler=self._on_ref)
-        return {"instruments": len(self.instruments), "option_mappings": self.option_mappings}
+        return info
 
     # ---------------------------------------------------------------- feeds
     def on_run(self) -> None:
@@ -298,9 +332,42 @@ class MarketData(Actor):
             self.fseq += 1
             self._publish_bar(Bar(symbol=g.symbol, ts=ts, open=o, high=h, low=lo, close=c, volume=v, fseq=self.fseq))
 
+    def _work_batches(self) -> bool:
+        """Backtest: publish one BarBatch if the consumers' credit allows."""
+        progress = self.progress
+        low = min(progress.get(c, 0) for c in self.consumers)
+        if self.fseq - low >= self.window:
+            self.waiting_credit += 1
+            return False  # woken by the next Progress on md.ref
+        out: list[Bar] = []
+        n = self.batch_n
+        while len(out) < n:
+            if self._row_i >= len(self._rows):
+                self._rows = next(self._chunks, None)  # type: ignore[arg-type]
+                self._row_i = 0
+                if self._rows is None:
+                    break
+                continue
+            take = self._rows[self._row_i:self._row_i + (n - len(out))]
+            self._row_i += len(take)
+            fseq = self.fseq
+            for sym, ts, o, h, lo, c, v in take:
+                fseq += 1
+                out.append(Bar(symbol=sym, ts=ts, open=o, high=h, low=lo, close=c, volume=v, fseq=fseq))
+            self.fseq = fseq
+        if out:
+            self.pub.send(BarBatch(bars=out), topic=TOPIC_BATCH)
+            self.published += len(out)
+        if self._rows is None:
+            self._end_of_data()
+            return False
+        return True
+
     def work(self) -> bool:
         if self._chunks is None or self.eod_sent:
             return False
+        if self.backtest:
+            return self._work_batches()
         speed = self.cfg.market_data.speed
         bars = self.replay.kind == "bars"  # type: ignore[union-attr]
         for _ in range(SLICE_ROWS):
@@ -370,6 +437,9 @@ class MarketData(Actor):
                              "eod": self.eod_sent}
         if self.progress:
             s["consumer_progress"] = dict(self.progress)
+        if self.backtest:
+            s["total"] = self.replay.total_rows  # type: ignore[union-attr]
+            s["credit_waits"] = self.waiting_credit
         if self.replay is not None:
             s["rows_read"] = self.replay.rows_read
             s["rows_skipped"] = self.replay.skipped

@@ -26,8 +26,8 @@ from typing import Any
 from actors.base import Actor, CommandError, main
 from actors.strategies.base import Context, Strategy
 from bus.messages import (
-    Bar, CancelReply, EndOfData, Fill, Flatten, HistoryReply, HistoryRequest, InstrumentsReply,
-    InstrumentsRequest, MdError, OrderAck, OrderReject, OrdersError, OrderUpdate, Query, QueryReply, Tick,
+    Bar, BarBatch, CancelReply, EndOfData, Fill, Flatten, HistoryReply, HistoryRequest, InstrumentsReply,
+    InstrumentsRequest, MdError, OrderAck, OrderReject, OrdersError, OrderUpdate, Progress, Query, QueryReply, Tick,
 )
 from bus.sockets import Port, Received
 
@@ -76,7 +76,11 @@ class StrategyHost(Actor):
         self.log.info("plugin loaded", plugin=sc.plugin, params=dict(sc.params),
                       warmup_bars=self.plugin.warmup_bars)
 
-        ref = self.open("md.ref", bind=False)
+        # Stable identity: market-data's backtest flow control keys Progress by it.
+        ref = self.ref = self.open("md.ref", bind=False, identity=self.name)
+        self.backtest = self.cfg.service.mode == "backtest"
+        self.cur_fseq = 0  # fseq of the bar being handled
+        self.reported = 0  # last Progress sent to the exchange
         rep = self.request(ref, InstrumentsRequest(), REQUEST_TIMEOUT_S, expect=(InstrumentsReply, MdError)).msg
         if isinstance(rep, MdError):
             raise RuntimeError(f"market-data refused the instrument request: {rep.code}: {rep.text}")
@@ -90,6 +94,8 @@ class StrategyHost(Actor):
         # Subscribe before the Query: a fill published after the reply is then not missed.
         topics = [f"md.bar.{s}" for s in sorted(self.symbols)] if sc.symbols else ["md.bar."]
         topics += [f"md.tick.{s}" for s in sorted(self.symbols)] if sc.symbols else ["md.tick."]
+        if self.backtest:
+            topics.append("md.batch")
         self.md = self.open("md", bind=False, subscribe=[*topics, "md.eod"], handler=self._on_md)
         self.exec = self.open("exec", bind=False, subscribe=["exec.fill.", "exec.order."], handler=self._on_exec)
         self.orders = self.open("orders", bind=False, identity="strategy", handler=self._on_orders)
@@ -100,7 +106,9 @@ class StrategyHost(Actor):
         self.eod: list[str] = []
         self.rejects = 0
         # Unique across restarts: pid and start time (a restart never reuses a cl_id).
-        prefix = f"{os.getpid():x}{time.time_ns() // 1_000_000 % 36**6:x}"
+        # A backtest starts from an empty ledger and is never restarted, so its ids
+        # are fixed ("bt-1", ...) and fills.csv is byte-identical from run to run.
+        prefix = "bt" if self.backtest else f"{os.getpid():x}{time.time_ns() // 1_000_000 % 36**6:x}"
         self.ctx_ = Context(instruments, send=self._send_order, cl_prefix=prefix, params=dict(sc.params),
                             can_trade=self._can_trade, log=self.log)
         self.plugin.bind(self.ctx_)
@@ -142,7 +150,21 @@ class StrategyHost(Actor):
 
     _in_history = False
 
+    def _report(self, fseq: int) -> None:
+        """Backtest: every bar up to fseq is handled and its orders are sent (one
+        DEALER, so they reach the exchange before this)."""
+        if fseq > self.reported:
+            self.reported = fseq
+            p = Progress(fseq=fseq)
+            self.orders.send(p)
+            self.ref.send(p)
+
     def _send_order(self, msg: Any) -> None:
+        if self.backtest and self.cur_fseq - 1 > self.reported:
+            # Tell the exchange which bar this order comes from: it may then
+            # process bars up to cur_fseq, and fills this order from cur_fseq + 1.
+            self.reported = self.cur_fseq - 1
+            self.orders.send(Progress(fseq=self.reported))
         self.orders.send(msg)
         self.log.info("order sent", type=type(msg).__name__, **{k: getattr(msg, k) for k in ("cl_id", "symbol",
                       "side", "qty") if hasattr(msg, k)})
@@ -159,6 +181,7 @@ class StrategyHost(Actor):
                 # Only the overlap is filtered: a restarted market-data starts its fseq at 1 again.
                 del self.hist_fseq[bar.symbol]
         self.bars_seen[bar.symbol] = self.bars_seen.get(bar.symbol, 0) + 1
+        self.cur_fseq = bar.fseq
         self._in_history = history
         try:
             self.plugin.on_bar(bar)
@@ -167,7 +190,14 @@ class StrategyHost(Actor):
 
     def _on_md(self, port: Port, rcv: Received) -> None:
         msg = rcv.msg
-        if isinstance(msg, Bar):
+        if isinstance(msg, BarBatch):
+            symbols = self.symbols
+            for b in msg.bars:
+                if b.symbol in symbols:
+                    self._bar(b)
+            if msg.bars:
+                self._report(msg.bars[-1].fseq)
+        elif isinstance(msg, Bar):
             if msg.symbol in self.symbols:
                 self._bar(msg)
         elif isinstance(msg, Tick):
@@ -175,6 +205,8 @@ class StrategyHost(Actor):
                 self.plugin.on_tick(msg)
         elif isinstance(msg, EndOfData):
             self.eod.append(msg.feed)
+            if self.backtest:
+                self._report(msg.last_fseq)
             self.log.info("end of data", feed=msg.feed, count=msg.count, last_fseq=msg.last_fseq)
 
     def _on_exec(self, port: Port, rcv: Received) -> None:

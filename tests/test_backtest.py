@@ -37,7 +37,7 @@ def test_backtest_end_to_end_and_parity_with_backtrader(procs, run_dir):
     summary = json.loads(read(run_dir, "summary.json"))
     with open(os.path.join(run_dir, "equity.csv")) as f:
         assert sum(1 for _ in f) == 2148 + 1  # one row per bar, plus the header
-    assert "total return" in out.lower()  # the text summary is printed at the end
+    assert "1,108,409.28" in out and "win rate" in out  # the text summary is printed at the end
 
     # Parity: same fills (date, side, qty, price) and final equity to the cent as backtrader
     bt = run_backtrader()

@@ -299,10 +299,10 @@ def test_paused_strategy_sends_nothing_but_keeps_indicators_warm(venue):
     st = v.status(lambda i: True, "status")
     assert st["state"] == "trading" and st["orders_sent"] == 0 and st["orders_suppressed"] == 1
     assert v.command("pause").data == {"state": "paused"}
-    for i in range(7, 14):  # crosses at bars 12 and 14: both while paused
+    for i in range(7, 14):  # crosses at bars 10, 12 and 14: all while paused
         v.publish(bar(i, CLOSES[i]))
     st = v.status(lambda i: i["bars"] == 11, "11 bars consumed")
-    assert st["state"] == "paused" and st["orders_sent"] == 0 and st["orders_suppressed"] == 3
+    assert st["state"] == "paused" and st["orders_sent"] == 0 and st["orders_suppressed"] == 4
     assert v.submits() == []
     assert v.command("resume").data == {"state": "trading"}
     v.publish(bar(14, CLOSES[14]))  # one bar after resume is enough: the SMAs stayed warm -> up-cross
@@ -314,31 +314,31 @@ def test_paused_strategy_sends_nothing_but_keeps_indicators_warm(venue):
 
 
 def test_restarted_strategy_recovers_position_before_trading(venue):
-    # The exchange already holds +3 and an open buy of 2 from the previous incarnation: target +5 is met.
-    prev = OrderInfo(order_id=9, cl_id="old-1", symbol="GOOG", side="buy", qty=2, status="new")
-    q = QueryReply(positions=[PositionInfo(symbol="GOOG", qty=3, avg_price=10.0)], orders=[prev])
+    # The exchange already holds -3 and an open sell of 2 from the previous incarnation.
+    prev = OrderInfo(order_id=9, cl_id="old-1", symbol="GOOG", side="sell", qty=2, status="new")
+    q = QueryReply(positions=[PositionInfo(symbol="GOOG", qty=-3, avg_price=10.0)], orders=[prev])
     history = [bar(i, c) for i, c in enumerate(CLOSES[:8])]  # the host asks for 4: bars 5..8
     v = venue(SMA, query=q, history=history)
     info = v.ready().info
     assert info["positions"] == 1 and info["open_orders"] == 1 and info["history_bars"] == 4
     assert isinstance(v.rx[0], Query) and len(v.rx) == 1
     st = v.status(lambda i: True, "status")
-    assert st["state"] == "trading" and st["positions"] == {"GOOG": 3}  # warmed from history
-    # A live bar the history already had is not fed twice; then bars 9..12: the bar-12 up-cross wants +5
-    # = 3 held + 2 in flight, so nothing is sent.
+    assert st["state"] == "trading" and st["positions"] == {"GOOG": -3}  # warmed from history
+    # A live bar the history already had is not fed twice; then bars 9..10: the bar-10 down-cross
+    # wants -5 = -3 held + -2 in flight, so nothing is sent.
     v.publish(history[-1])
-    for i in range(8, 12):
+    for i in range(8, 10):
         v.publish(bar(i, CLOSES[i]))
-    v.status(lambda i: i["bars"] == 8, "8 bars")
+    v.status(lambda i: i["bars"] == 6, "6 bars")
     assert v.submits() == []
-    # The old order fills; the bar-14 down-cross then sells from +5 to -5: exactly 10.
-    v.exec.send(fill("old-1", "buy", 2, 5), topic=topic_for("exec.fill", "GOOG"))
-    v.status(lambda i: i["positions"] == {"GOOG": 5} and i["open_orders"] == 0, "the fill applied")
-    v.publish(bar(12, CLOSES[12]))
-    v.publish(bar(13, CLOSES[13]))
-    v.until(lambda: v.submits(), 5, "the down-cross order")
+    # The old order fills; the bar-12 up-cross then buys from -5 to +5: exactly 10.
+    v.exec.send(fill("old-1", "sell", 2, -5), topic=topic_for("exec.fill", "GOOG"))
+    v.status(lambda i: i["positions"] == {"GOOG": -5} and i["open_orders"] == 0, "the fill applied")
+    v.publish(bar(10, CLOSES[10]))
+    v.publish(bar(11, CLOSES[11]))
+    v.until(lambda: v.submits(), 5, "the up-cross order")
     sub = v.submits()
-    assert [(m.side, m.qty) for m in sub] == [("sell", 10)] and sub[0].cl_id != "old-1"
+    assert [(m.side, m.qty) for m in sub] == [("buy", 10)] and sub[0].cl_id != "old-1"
     v.stop()
 
 
