@@ -318,6 +318,15 @@ def main(cls: type[Actor], argv: list[str] | None = None) -> None:
     except Exception as e:
         print(f"{args.name}: cannot start: {type(e).__name__}: {e}", file=sys.stderr)
         sys.exit(EXIT_ERROR)
-    code = actor.serve()
+    prof_dir = os.environ.get("PAPERBUS_PROFILE")
+    if prof_dir:
+        # Opt-in profiling (docs/BENCHMARKS.md): one cProfile file per actor.
+        import cProfile
+
+        prof = cProfile.Profile()
+        code = prof.runcall(actor.serve)
+        prof.dump_stats(os.path.join(prof_dir, f"{args.name}.prof"))
+    else:
+        code = actor.serve()
     sys.stdout.flush()
     sys.exit(code)

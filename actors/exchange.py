@@ -58,6 +58,7 @@ import io
 import math
 import os
 import sqlite3
+import threading
 import time
 from collections import deque
 from types import SimpleNamespace
@@ -401,20 +402,42 @@ class PaperExchange(Actor):
             self._finish()
 
     def _finish(self) -> None:
-        """Backtest complete: close out as at end of data, write the results, tell the supervisor."""
+        """Backtest complete: close out as at end of data, then write the results.
+
+        The results (report.png especially) take seconds on a long run, so they
+        are written on a worker thread while this loop keeps heartbeating; the
+        Finished message goes out from the loop once the thread is done.
+        """
         self.finished = True
         assert self.eod is not None
         self._on_eod(self.eod)
         fills = [SimpleNamespace(fee=r["fee"]) for r in self.ledger.fills()]
-        text = "no bars"
-        summary: dict[str, Any] = {}
-        if self.equity_rows:
-            summary = report.write_results(self.run_dir, self.equity_rows, self.acct.trips, fills, self.pos_rows,
-                                           title=f"paperbus backtest {self.run_id}", log=self.log)
-            text = report.format_text_summary(summary)
-        self.log.info("backtest finished", bars=len(self.equity_rows), fills=len(fills),
+        self._results: dict[str, Any] = {}
+        self._results_thread = threading.Thread(target=self._write_results, args=(fills,), daemon=True)
+        self._results_thread.start()
+        self.every(0.05, self._results_done)
+
+    def _write_results(self, fills: list[Any]) -> None:
+        text, summary = "no bars", {}
+        try:
+            if self.equity_rows:
+                summary = report.write_results(self.run_dir, self.equity_rows, self.acct.trips, fills,
+                                               self.pos_rows, title=f"paperbus backtest {self.run_id}", log=self.log)
+                text = report.format_text_summary(summary)
+        except Exception as e:  # reported by the loop: the run must not hang on it
+            self._results["error"] = f"{type(e).__name__}: {e}"
+        self._results.update(text=text, summary=summary, fills=len(fills))
+
+    def _results_done(self) -> None:
+        if self._results_thread.is_alive() or not self._results or self._results.get("sent"):
+            return
+        r = self._results
+        r["sent"] = True
+        if "error" in r:
+            raise RuntimeError(f"writing backtest results failed: {r['error']}")
+        self.log.info("backtest finished", bars=len(self.equity_rows), fills=r["fills"],
                       final_equity=round(self.acct.equity, 2))
-        self.lifecycle.send(Finished(text=text[:16000], summary=summary), flags=zmq.NOBLOCK)
+        self.lifecycle.send(Finished(text=r["text"][:16000], summary=r["summary"]), flags=zmq.NOBLOCK)
 
     def _on_price(self, sym: str, ts: int, op: float, hi: float, lo: float, cl: float, fseq: int = 0) -> None:
         ids = self.book.get(sym)

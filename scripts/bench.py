@@ -1,11 +1,18 @@
-"""paperbus benchmarks: prints figures, asserts nothing about speed.
+"""paperbus benchmarks: prints figures beside references measured in the same run;
+asserts nothing about speed.
 
-    python scripts/bench.py [--quick] [--config PATH] [--rounds N]
+    python scripts/bench.py [--quick] [--rounds N]
 
-Supervision figures (targets on a 2-core machine): cold start to all READY
-(<= 1 s), SIGINT to supervisor exit (<= 1 s), actor SIGKILL to detected
-(<= 10 ms) and to READY again (<= 1 s), supervisor SIGKILL to last actor gone
-(<= 100 ms); peak RSS per process.
+1. backtest throughput: bars/s through all four actors (config/backtest.toml on
+   generated GBM bars, SmaCross 10/20), beside raw pyzmq PUB/SUB msgs/s over ipc
+   between two processes and backtrader bars/s on the same data and strategy;
+2. live latency bar -> order -> ack -> fill (PingPong strategy orders on every
+   bar, exchange fill_on = "close" fills at once): fill send time minus the
+   triggering bar's send time, both from the envelopes, p50/p99/max; beside a
+   raw pyzmq REQ/REP round trip over ipc;
+3. supervision: cold start to all READY, SIGINT to exit, actor SIGKILL to
+   detected and to READY again, supervisor SIGKILL to last actor gone;
+4. peak RSS (VmHWM) of the five processes of the live run.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import textwrap
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -147,30 +155,273 @@ def fmt(v: float) -> str:
     return f"{v * 1000:8.1f} ms"
 
 
+def pct(vals: list[float], q: float) -> float:
+    vals = sorted(vals)
+    return vals[min(len(vals) - 1, int(q * len(vals)))]
+
+
+# ----------------------------------------------------------------- data
+def gen_bars(n: int, seed: int = 7) -> dict:
+    """GBM closes with plausible OHLC, as numpy arrays (only the bench imports numpy)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rets = rng.normal(0.0, 0.01, n)
+    close = 100.0 * np.exp(np.cumsum(rets))
+    open_ = np.concatenate([[100.0], close[:-1]]) * np.exp(rng.normal(0.0, 0.002, n))
+    high = np.maximum(open_, close) * (1 + np.abs(rng.normal(0, 0.003, n)))
+    low = np.minimum(open_, close) * (1 - np.abs(rng.normal(0, 0.003, n)))
+    r = lambda a: np.round(a, 2)  # noqa: E731  on the 0.01 tick
+    return {"open": r(open_), "high": r(high), "low": r(low), "close": r(close),
+            "volume": rng.integers(100, 10_000, n)}
+
+
+def write_paperbus_csv(path: str, bars: dict) -> None:
+    import numpy as np
+    import pandas as pd
+
+    n = len(bars["close"])
+    ts = 946_684_800 + 60 * np.arange(n, dtype=np.int64)  # minute bars from 2000-01-01, epoch seconds
+    pd.DataFrame({"ts": ts, **bars}).to_csv(path, index=False)
+
+
+def write_backtrader_csv(path: str, bars: dict, n: int) -> None:
+    import pandas as pd
+
+    dates = pd.date_range("1970-01-01", periods=n, freq="D").strftime("%Y-%m-%d")
+    df = pd.DataFrame({"": dates, "Open": bars["open"][:n], "High": bars["high"][:n], "Low": bars["low"][:n],
+                       "Close": bars["close"][:n], "Volume": bars["volume"][:n]})
+    df.to_csv(path, index=False)
+
+
+# ----------------------------------------------------------------- references
+RAW_PUBSUB_CHILD = textwrap.dedent("""
+    import sys, time, zmq
+    ep, n = sys.argv[1], int(sys.argv[2])
+    ctx = zmq.Context(); s = ctx.socket(zmq.SUB); s.setsockopt(zmq.RCVHWM, 0)
+    s.setsockopt(zmq.SUBSCRIBE, b""); s.connect(ep)
+    while s.recv_multipart()[0] != b"go":   # warm-up frames until the sender starts
+        pass
+    print("ready", flush=True)
+    t0 = None
+    for i in range(n):
+        s.recv_multipart()
+        if t0 is None: t0 = time.perf_counter()
+    print(time.perf_counter() - t0, flush=True)
+""")
+
+RAW_REP_CHILD = textwrap.dedent("""
+    import sys, zmq
+    ctx = zmq.Context(); s = ctx.socket(zmq.REP); s.bind(sys.argv[1])
+    print("ready", flush=True)
+    for _ in range(int(sys.argv[2])):
+        s.send(s.recv())
+""")
+
+
+def raw_pubsub(n: int, tmp: str) -> float:
+    """msgs/s of ~120-byte [topic, payload] messages, PUB -> SUB over ipc, two processes."""
+    import zmq
+
+    ep = f"ipc://{tmp}/raw-pub.sock"
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 0)
+    pub.setsockopt(zmq.LINGER, 1000)
+    pub.bind(ep)
+    child = subprocess.Popen([sys.executable, "-c", RAW_PUBSUB_CHILD, ep, str(n)], stdout=subprocess.PIPE, text=True)
+    try:
+        import select
+        while not select.select([child.stdout], [], [], 0.01)[0]:
+            pub.send_multipart([b"go", b""])  # slow joiner: repeat until the subscriber has one
+        assert child.stdout.readline().strip() == "ready"
+        payload = b"x" * 100
+        for _ in range(n):
+            pub.send_multipart([b"md.bar.BENCH", payload])
+        secs = float(child.stdout.readline())
+        child.wait(30)
+        return n / secs
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        pub.close()
+        ctx.term()
+
+
+def raw_reqrep(n: int, tmp: str) -> list[float]:
+    import zmq
+
+    ep = f"ipc://{tmp}/raw-rep.sock"
+    child = subprocess.Popen([sys.executable, "-c", RAW_REP_CHILD, ep, str(n)], stdout=subprocess.PIPE, text=True)
+    ctx = zmq.Context()
+    req = ctx.socket(zmq.REQ)
+    req.setsockopt(zmq.LINGER, 0)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        req.connect(ep)
+        out = []
+        msg = b"x" * 100
+        for _ in range(n):
+            t0 = time.perf_counter()
+            req.send(msg)
+            req.recv()
+            out.append(time.perf_counter() - t0)
+        child.wait(30)
+        return out
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        req.close()
+        ctx.term()
+
+
+def backtrader_rate(path: str, n: int) -> float:
+    from tests.bt_reference import run_backtrader
+
+    t0 = time.perf_counter()
+    run_backtrader(path)
+    return n / (time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------- paperbus
+def backtest_throughput(n: int, tmp: str) -> dict:
+    bars = gen_bars(n)
+    data = os.path.join(tmp, "bench.csv")
+    write_paperbus_csv(data, bars)
+    inst = os.path.join(tmp, "instruments.csv")
+    with open(inst, "w") as f:
+        f.write("symbol,kind,tick_size,lot_size,multiplier,currency\nBENCH,equity,0.01,1,1,USD\n")
+    run_dir = os.path.join(tmp, "bt")
+    sets = [f"market_data.path={data}", f"market_data.instruments={inst}", "market_data.symbol=BENCH",
+            "market_data.timestamp_column=ts", "market_data.chunk_rows=100000"]
+    p, t0 = _start("config/backtest.toml", run_dir, sets)
+    rss: dict[str, int] = {}
+    while p.poll() is None:  # sample peak RSS while it runs
+        st = _status(run_dir) if os.path.exists(os.path.join(run_dir, "endpoints.json")) else None
+        for name, a in (st or {}).get("actors", {}).items():
+            if a.get("pid"):
+                rss[name] = max(rss.get(name, 0), _rss_kb(a["pid"]))
+        try:
+            p.wait(0.5)
+        except subprocess.TimeoutExpired:
+            pass
+    wall = time.time() - t0
+    ev = _log(run_dir)
+    t_run = next(_ts(e) for e in ev if e["event"] == "all actors running")
+    t_end = next(_ts(e) for e in ev if e["event"] == "actor finished")
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        summ = json.load(f)
+    return {"bars": n, "exit": p.returncode, "run_s": t_end - t_run, "wall_s": wall,
+            "bars_per_s": n / (t_end - t_run), "fills": summ.get("fills"), "rss_kb": rss, "bars_data": bars}
+
+
+def live_latency(n_bars: int, rate_hz: float) -> dict:
+    import zmq
+
+    from bus.codec import codec
+    from bus.sockets import Endpoints
+
+    run_dir = tempfile.mkdtemp(prefix="pbl-", dir="/tmp")
+    sets = ['market_data.symbols=["LAT"]', f"market_data.rate_hz={rate_hz}",
+            "strategy.plugin=actors.strategies.pingpong:PingPong", "strategy.params={ qty = 1 }",
+            "exchange.fill_on=close", "exchange.export_every_ms=1000"]
+    p, _ = _start("config/default.toml", run_dir, sets)
+    ctx = zmq.Context()
+    try:
+        _wait(lambda: _all_running(run_dir), 30, "all running")
+        eps = Endpoints.from_run_dir(run_dir)
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        for t in (b"md.bar.", b"exec.fill."):
+            sub.setsockopt(zmq.SUBSCRIBE, t)
+        sub.connect(eps["md"])
+        sub.connect(eps["exec"])
+        last_bar_ts = None
+        lat: list[float] = []
+        deadline = time.monotonic() + n_bars / rate_hz * 3 + 20
+        while len(lat) < n_bars and time.monotonic() < deadline:
+            if not sub.poll(1000):
+                continue
+            topic, payload = sub.recv_multipart()
+            if topic.startswith(b"md."):
+                last_bar_ts = codec("md").decode(payload).ts
+            elif last_bar_ts is not None:
+                lat.append((codec("orders").decode(payload).ts - last_bar_ts) / 1e9)
+                last_bar_ts = None  # one fill per bar
+        st = _status(run_dir)
+        rss = {n: _rss_kb(a["pid"]) for n, a in st["actors"].items()} | {"supervisor": _rss_kb(p.pid)}
+        sub.close()
+        p.send_signal(signal.SIGINT)
+        p.wait(30)
+        return {"lat": lat, "rss_kb": rss}
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        ctx.term()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="paperbus benchmarks (figures only)")
-    ap.add_argument("--quick", action="store_true", help="one short round")
-    ap.add_argument("--config", default="config/default.toml")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--set", dest="sets", action="append", default=[])
+    ap.add_argument("--quick", action="store_true", help="small sizes, one round (runs in the test suite)")
+    ap.add_argument("--rounds", type=int, default=3, help="supervision rounds")
+    ap.add_argument("--bars", type=int, default=1_000_000, help="backtest bars")
     args = ap.parse_args(argv)
-    rounds = 1 if args.quick else args.rounds
-    results = [supervision_round(args.config, args.sets) for _ in range(rounds)]
-    print(f"supervision ({rounds} round(s), config {args.config}; median / max)")
-    targets = {"cold_start_s": 1.0, "sigint_exit_s": 1.0, "actor_kill_detect_s": 0.010, "actor_kill_ready_s": 1.0,
-               "sup_kill_orphans_gone_s": 0.100}
-    labels = {"cold_start_s": "cold start to all READY", "sigint_exit_s": "SIGINT to supervisor exit",
-              "actor_kill_detect_s": "actor SIGKILL to detected", "actor_kill_ready_s": "actor SIGKILL to READY again",
-              "sup_kill_orphans_gone_s": "supervisor SIGKILL to last actor gone"}
-    for k, target in targets.items():
-        vals = [r[k] for r in results]
-        print(f"  {labels[k]:40} {fmt(statistics.median(vals))} / {fmt(max(vals))}   (target <= {target * 1000:g} ms)")
-    rss = results[-1]["rss_kb"]
-    print("peak RSS per process (VmHWM, first run)")
-    for n, kb in rss.items():
-        print(f"  {n:40} {kb / 1024:8.1f} MB")
-    print(f"  {'total':40} {sum(rss.values()) / 1024:8.1f} MB   (target <= 300 MB)")
-    return 0
+    quick = args.quick
+    n_bars = 20_000 if quick else args.bars
+    n_bt = 2_000 if quick else 50_000
+    n_lat = 50 if quick else 1_000
+    tmp = tempfile.mkdtemp(prefix="pbb-", dir="/tmp")
+    try:
+        print(f"paperbus bench{' --quick' if quick else ''}  (python {sys.version.split()[0]}, {os.cpu_count()} cpus)")
+        bt = backtest_throughput(n_bars, tmp)
+        raw = raw_pubsub(200_000 if not quick else 20_000, tmp)
+        bt_csv = os.path.join(tmp, "backtrader.csv")
+        write_backtrader_csv(bt_csv, bt["bars_data"], n_bt)
+        btr = backtrader_rate(bt_csv, n_bt)
+        print("\n1. backtest throughput (config/backtest.toml, SmaCross 10/20, generated GBM bars)")
+        print(f"  paperbus, 4 actors, {bt['bars']:,} bars       {bt['bars_per_s']:>12,.0f} bars/s   "
+              f"({bt['run_s']:.2f} s RUN to Finished, {bt['fills']} fills, exit {bt['exit']})   target >= 100,000")
+        print(f"  reference: raw pyzmq PUB/SUB over ipc   {raw:>12,.0f} msgs/s")
+        print(f"  reference: backtrader, {n_bt:,} bars       {btr:>12,.0f} bars/s   "
+              f"(paperbus = {bt['bars_per_s'] / btr:.1f}x backtrader; target >= 10x)")
+        print("  peak RSS in the backtest: " + ", ".join(f"{k} {v / 1024:.0f} MB" for k, v in bt["rss_kb"].items()))
+
+        live = live_latency(n_lat, 20.0 if quick else 50.0)
+        rr = raw_reqrep(2_000 if quick else 20_000, tmp)
+        lat = live["lat"]
+        print("\n2. live latency, bar -> order -> ack -> fill through market-data, strategy, exchange")
+        if lat:
+            print(f"  paperbus ({len(lat)} fills)   p50 {pct(lat, .5) * 1e6:8.0f} us   p99 {pct(lat, .99) * 1e6:8.0f} us"
+                  f"   max {max(lat) * 1e6:8.0f} us   (targets p50 <= 250 us, p99 <= 1000 us)")
+        print(f"  reference: raw REQ/REP round trip       p50 {pct(rr, .5) * 1e6:8.0f} us   p99 "
+              f"{pct(rr, .99) * 1e6:8.0f} us   max {max(rr) * 1e6:8.0f} us")
+
+        rounds = 1 if quick else args.rounds
+        results = [supervision_round("config/default.toml", []) for _ in range(rounds)]
+        print(f"\n3. supervision, the four real actors ({rounds} round(s); median / max)")
+        targets = {"cold_start_s": 1.0, "sigint_exit_s": 1.0, "actor_kill_detect_s": 0.010,
+                   "actor_kill_ready_s": 1.0, "sup_kill_orphans_gone_s": 0.100}
+        labels = {"cold_start_s": "cold start to all READY", "sigint_exit_s": "SIGINT to supervisor exit",
+                  "actor_kill_detect_s": "actor SIGKILL to detected",
+                  "actor_kill_ready_s": "actor SIGKILL to READY again",
+                  "sup_kill_orphans_gone_s": "supervisor SIGKILL to last actor gone"}
+        for k, target in targets.items():
+            vals = [r[k] for r in results]
+            print(f"  {labels[k]:40} {fmt(statistics.median(vals))} / {fmt(max(vals))}   "
+                  f"(target <= {target * 1000:g} ms)")
+
+        rss = live["rss_kb"]
+        print("\n4. peak RSS (VmHWM) of the live run")
+        for n, kb in rss.items():
+            print(f"  {n:40} {kb / 1024:8.1f} MB")
+        print(f"  {'total':40} {sum(rss.values()) / 1024:8.1f} MB   (target <= 300 MB)")
+        return 0 if bt["exit"] == 0 else 1
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -353,3 +353,15 @@ def test_bad_plugin_is_an_init_failure_naming_it(procs, run_dir):
         assert p.wait(10) == 1
     finally:
         sup.close()
+
+
+def test_pingpong_alternates_long_and_flat():
+    from actors.strategies.pingpong import PingPong
+
+    def fill_each(n, ctx, sent):
+        m = sent[-1]
+        pos = ctx.position("GOOG") + (m.qty if m.side == "buy" else -m.qty)
+        ctx.apply_fill(fill(m.cl_id, m.side, m.qty, pos))
+
+    _, sent = run_plugin(PingPong(qty=2), [10, 11, 12, 13], fill_each)
+    assert [(m.side, m.qty) for m in sent] == [("buy", 2), ("sell", 2), ("buy", 2), ("sell", 2)]
