@@ -36,6 +36,10 @@ ENV_SUPERVISOR_PID = "PAPERBUS_SUPERVISOR_PID"
 ENV_RUN_ID = "PAPERBUS_RUN_ID"
 _PR_SET_PDEATHSIG = 1
 DRAIN_MAX = 256  # messages taken from one socket per poll round, so no socket starves the others
+# ... and at most this long: a message can be a 512-bar batch, and a consumer
+# whose progress reports release the next batch would otherwise drain forever
+# and miss its heartbeats.
+DRAIN_BUDGET_S = 0.02
 
 
 def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
@@ -213,6 +217,7 @@ class Actor:
                     pass
                 continue
             port, handler = self._handlers[sock]
+            budget_end = time.monotonic() + DRAIN_BUDGET_S
             for _ in range(DRAIN_MAX):
                 try:
                     rcv = port.recv(zmq.NOBLOCK)
@@ -225,7 +230,7 @@ class Actor:
                         self.on_bad_message(port, e)
                     continue
                 handler(port, rcv)
-                if self._stop_reason is not None:
+                if self._stop_reason is not None or time.monotonic() > budget_end:
                     break
 
     def _timeout_ms(self, now: float, busy: bool) -> int:

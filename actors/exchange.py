@@ -539,7 +539,12 @@ class PaperExchange(Actor):
                             price=px, fee=fee, ts=ts, position=res.position, realized=res.realized),
                        topic=b"exec.fill." + o.symbol.encode())
         self._publish_order(o, "filled")
-        self._publish_account(ts)
+        if self.backtest:
+            # Thousands of fills a second: the account goes out on the 250 ms
+            # mark timer (and at end of data), not once per fill.
+            self.marks_dirty = True
+        else:
+            self._publish_account(ts)
         self.export_dirty = True
         if self.x.export_every_ms == 0:
             self._export()
