@@ -104,9 +104,16 @@ class StateView:
         if isinstance(msg, (Bar, Tick)):
             return self._price(msg.symbol, msg.close if isinstance(msg, Bar) else msg.price, msg.ts)
         if isinstance(msg, BarBatch):
-            changed: set[str] = set()
+            # Backtest batches: the view needs the latest price per symbol, not
+            # every bar (summary.json has the per-bar figures); this keeps the
+            # publisher off the backtest's critical path.
+            last: dict[str, Bar] = {}
             for b in msg.bars:
+                last[b.symbol] = b
+            changed: set[str] = set()
+            for b in last.values():
                 changed |= self._price(b.symbol, b.close, b.ts)
+            self.md_updates += len(msg.bars) - len(last)
             return changed
         if isinstance(msg, Fill):
             return self._fill(msg)
