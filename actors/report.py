@@ -308,6 +308,30 @@ def write_equity_csv(
     atomic_write(path, buf.getvalue().encode(), FILE_MODE)
 
 
+PLOT_BUCKETS = 2000  # the image is 1000 px wide: more points only cost render time
+
+
+def plot_points(values: Sequence[float], dd: Sequence[float], buckets: int = PLOT_BUCKETS) -> list[int]:
+    """Indices to plot: every point of a short series; for a long one, per bucket
+    the first point and the extremes of equity and drawdown, so peaks and the
+    deepest drawdown survive. Rendering 1M points would hold the GIL for seconds
+    (and starve the exchange's heartbeats)."""
+    n = len(values)
+    if n <= 4 * buckets:
+        return list(range(n))
+    step = n / buckets
+    keep: set[int] = set()
+    for b in range(buckets):
+        lo, hi = int(b * step), min(n, int((b + 1) * step))
+        if lo >= hi:
+            continue
+        seg = range(lo, hi)
+        keep.update((lo, max(seg, key=values.__getitem__), min(seg, key=values.__getitem__),
+                     min(seg, key=dd.__getitem__)))
+    keep.add(n - 1)
+    return sorted(keep)
+
+
 def write_report_png(
     path: str | os.PathLike,
     equity: Sequence[tuple[int, float]],
@@ -332,9 +356,12 @@ def write_report_png(
         log.warning("report.png not written: matplotlib is not installed", path=os.fspath(path), error=str(e))
         return False
 
-    times = [_dt.datetime.fromtimestamp(t / NS_PER_S, tz=_dt.timezone.utc) for t, _ in equity]
-    values = [float(v) for _, v in equity]
-    dd = [-100.0 * d for d in drawdowns(values)]
+    values_all = [float(v) for _, v in equity]
+    dd_all = [-100.0 * d for d in drawdowns(values_all)]
+    idx = plot_points(values_all, dd_all)
+    times = [_dt.datetime.fromtimestamp(equity[i][0] / NS_PER_S, tz=_dt.timezone.utc) for i in idx]
+    values = [values_all[i] for i in idx]
+    dd = [dd_all[i] for i in idx]
 
     fig = Figure(figsize=(10, 6), dpi=100)
     FigureCanvasAgg(fig)

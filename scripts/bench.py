@@ -166,7 +166,7 @@ def gen_bars(n: int, seed: int = 7) -> dict:
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    rets = rng.normal(0.0, 0.01, n)
+    rets = rng.normal(0.0, 0.0005, n)  # small per-bar moves: prices stay in range over 1M bars
     close = 100.0 * np.exp(np.cumsum(rets))
     open_ = np.concatenate([[100.0], close[:-1]]) * np.exp(rng.normal(0.0, 0.002, n))
     high = np.maximum(open_, close) * (1 + np.abs(rng.normal(0, 0.003, n)))

@@ -272,3 +272,18 @@ def test_write_results_and_text(tmp_path):
     assert "max drawdown  10.00% over 4 bars (4 days, recovered)" in text
     assert "trades        2  win rate 50.00%  profit factor 2.38" in text
     assert "exposure      50.00%  fills 4  fees 1.00" in text
+
+
+def test_plot_points_keeps_extremes_of_long_series():
+    from actors.report import plot_points
+
+    n = 100_000
+    values = [1000.0 + (i % 977) for i in range(n)]
+    values[54_321] = 5000.0  # a spike that must show
+    values[70_000] = 1.0  # and the deepest point
+    dd = [0.0] * n
+    dd[70_000] = -99.0
+    idx = plot_points(values, dd)
+    assert len(idx) < 10_000 and idx == sorted(set(idx))
+    assert {0, 54_321, 70_000, n - 1} <= set(idx)
+    assert plot_points(values[:100], dd[:100]) == list(range(100))
