@@ -309,8 +309,11 @@ def backtest_throughput(n: int, tmp: str) -> dict:
             pass
     wall = time.time() - t0
     ev = _log(run_dir)
-    t_run = next(_ts(e) for e in ev if e["event"] == "all actors running")
-    t_end = next(_ts(e) for e in ev if e["event"] == "actor finished")
+    t_run = next((_ts(e) for e in ev if e["event"] == "all actors running"), None)
+    t_end = next((_ts(e) for e in ev if e["event"] == "actor finished"), None)
+    if t_run is None or t_end is None:
+        why = next((e.get("reason") for e in reversed(ev) if e["event"] == "supervisor exiting"), "unknown")
+        raise RuntimeError(f"backtest of {n:,} bars failed (exit {p.returncode}): {why}")
     with open(os.path.join(run_dir, "summary.json")) as f:
         summ = json.load(f)
     return {"bars": n, "exit": p.returncode, "run_s": t_end - t_run, "wall_s": wall,
