@@ -35,6 +35,11 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from scripts.ctl import request  # noqa: E402
+from tests.harness import wait_for  # noqa: E402  (a poll with a deadline)
+
+
+def _wait(pred, timeout: float, what: str, interval: float = 0.001):
+    return wait_for(pred, timeout, what, interval)
 
 
 def _log(run_dir: str) -> list[dict]:
@@ -47,17 +52,6 @@ def _log(run_dir: str) -> list[dict]:
 
 def _ts(e: dict) -> float:
     return dt.datetime.fromisoformat(e["timestamp"]).timestamp()
-
-
-def _wait(pred, timeout: float, what: str, interval: float = 0.001):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(interval)
 
 
 def _status(run_dir: str) -> dict | None:
