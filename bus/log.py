@@ -38,8 +38,12 @@ class _Sink:
             except OSError:
                 pass  # a full disk must not kill the process through its logger
         if self.console:
+            # The process's own pid and run_id are in the file, not worth a column
+            # here; a pid that names another process (an actor) is shown.
+            own = os.getpid()
             extra = " ".join(f"{k}={v}" for k, v in ev.items()
-                             if k not in ("timestamp", "level", "event", "process", "pid", "run_id", "exception"))
+                             if k not in ("timestamp", "level", "event", "process", "run_id", "exception")
+                             and not (k == "pid" and v == own))
             ts = ev.get("timestamp", "")[11:23]
             sys.stderr.write(f"{ts} {ev.get('level', ''):7} {ev.get('process', '')}: {ev.get('event', '')} {extra}\n")
             if "exception" in ev:
