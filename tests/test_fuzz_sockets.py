@@ -42,6 +42,7 @@ def system(tmp_path_factory):
 
     run_dir = tempfile.mkdtemp(prefix="pbf-", dir="/tmp")
     procs = Procs()
+    ctx = zmq.Context()
     p = procs.spawn([PY, "supervisor.py", "--run-dir", run_dir, "--set", "market_data.rate_hz=50",
                      "--set", "exchange.fill_on=close", "--set", "strategy.params={ fast = 2, slow = 4, qty = 10 }"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -52,14 +53,16 @@ def system(tmp_path_factory):
         # paused: no new orders; market orders fill at once, so nothing stays open
         wait_for(lambda: status(run_dir)["actors"]["paper-exchange"]["status"].get("open_orders") == 0
                  and status(run_dir)["actors"]["strategy"]["status"].get("state") == "paused", 10, "quiet")
-        ctx = zmq.Context()
         # Taken before any fuzz case: the final test compares against these.
         before = ledger_state(run_dir)
         pids = {n: a["pid"] for n, a in status(run_dir)["actors"].items()}
         yield {"run_dir": run_dir, "proc": p, "ctx": ctx, "eps": Endpoints.from_run_dir(run_dir),
                "before": before, "pids": pids}
-        ctx.term()
     finally:
+        # destroy, not term: a failed test may leave fuzz sockets open, and term()
+        # would block on them before the supervisor below is stopped.
+        _socks.clear()
+        ctx.destroy(linger=0)
         p.send_signal(2)
         try:
             p.wait(20)
