@@ -46,7 +46,7 @@ from bus.messages import (
     ActorEvent, Command, CommandReply, CtlReply, CtlRequest, Finished, Heartbeat, InitFailed, Ready, Run, Stop,
     Stopped,
 )
-from bus.sockets import Endpoints, EndpointError, Port, ensure_run_dir, open_port, topic_for
+from bus.sockets import Endpoints, EndpointError, ensure_run_dir, open_port, topic_for
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 LOCK_NAME = "supervisor.lock"
@@ -129,7 +129,7 @@ class Progress:
         if not self.t0:
             self.t0 = now
         self.last_draw = now
-        total = int(md.info.get("total", 0) or st.get("total", 0) or 0)
+        total = int(md.info.get("total", 0) or 0)  # READY info of a replay
         rate = done / max(now - self.t0, 1e-6)
         if total:
             frac = min(done / total, 1.0)
@@ -205,7 +205,7 @@ class Supervisor:
         self.since = dt.datetime.now().isoformat(timespec="seconds")
         self.cmd_id = 0
         self.jobs: list[CtlJob] = []
-        self.sigint_count = 0
+        self._force = False  # a second SIGINT/SIGTERM during shutdown: kill at once
         self._sigchld = False
         self._stop_request: str | None = None
         self._next_hb = 0.0
@@ -244,12 +244,9 @@ class Supervisor:
     def _on_stop_signal(self, signum: int, _frame: Any) -> None:
         name = signal.Signals(signum).name
         if self.phase == "stopping" or self._stop_request is not None:
-            self.sigint_count += 1
             self._force = True
         else:
             self._stop_request = name
-
-    _force = False
 
     # ------------------------------------------------------------- children
     # Internal states -> the ActorEvent vocabulary of the protocol.

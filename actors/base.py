@@ -209,7 +209,7 @@ class Actor:
     def _poll_once(self, timeout_ms: int) -> None:
         events = self._poller.poll(timeout_ms)
         for sock, _ev in events:
-            if sock is self._wake_r.fileno() or sock == self._wake_r.fileno():
+            if sock == self._wake_r.fileno():  # raw fds come back as ints
                 try:
                     while self._wake_r.recv(64):
                         pass

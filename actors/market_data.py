@@ -147,13 +147,11 @@ class Replay:
         self.usecols = sorted({self.ts_col, *self.colmap.values()})
         self.skipped = 0  # rows dropped: bad prices, unknown symbols
         self.rows_read = 0
-        self.total_rows = 0
 
     def count_rows(self) -> int:
         """Data rows in the file, for the backtest progress bar (a fast byte scan for CSV)."""
         if self.fmt == "parquet":
-            self.total_rows = self._pyarrow().ParquetFile(self.path).metadata.num_rows
-            return self.total_rows
+            return self._pyarrow().ParquetFile(self.path).metadata.num_rows
         n = 0
         last = b"\n"
         with open(self.path, "rb") as f:
@@ -165,8 +163,7 @@ class Replay:
                 last = block[-1:]
         if last != b"\n":
             n += 1  # last line without a newline
-        self.total_rows = max(0, n - 1)  # minus the header
-        return self.total_rows
+        return max(0, n - 1)  # minus the header
 
     def _header(self) -> list[str]:
         if self.fmt == "csv":
@@ -438,7 +435,6 @@ class MarketData(Actor):
         if self.progress:
             s["consumer_progress"] = dict(self.progress)
         if self.backtest:
-            s["total"] = self.replay.total_rows  # type: ignore[union-attr]
             s["credit_waits"] = self.waiting_credit
         if self.replay is not None:
             s["rows_read"] = self.replay.rows_read

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from tests.bt_reference import run_backtrader
-from tests.harness import PY, ROOT
+from tests.harness import PY
 
 pytestmark = pytest.mark.timeout(120)
 

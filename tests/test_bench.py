@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from tests.harness import PY, ROOT
+from tests.harness import PY
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from bus import messages as m
 from bus.codec import MAX_BYTES, ProtocolError, Stamper, codec
-from bus.messages import CHANNEL_UNIONS, SCHEMA_VERSION, Envelope
+from bus.messages import CHANNEL_UNIONS, SCHEMA_VERSION
 
 INST = m.Instrument(symbol="GOOG", kind="equity", tick_size=0.01)
 BAR = m.Bar(symbol="GOOG", ts=1, open=10.0, high=11.0, low=9.5, close=10.5, volume=100, fseq=7)

@@ -8,7 +8,6 @@ import time
 import pytest
 import zmq
 
-from scripts import ctl
 from tests.harness import PY, ROOT, wait_for
 from tests.sup_util import log_events, pid_alive, start_supervisor, status, wait_gone
 
@@ -107,6 +106,9 @@ def test_restart_intensity_exceeded_stops_everything(procs, run_dir):
     assert "restart intensity exceeded: b" in err and "restarts within 30s" in err
     stops = [e["actor"] for e in log_events(run_dir) if e["event"] == "actor stopped"]
     assert stops[-1] == "a"  # stopped in order, a last
+    # exponential backoff between the counted restarts: 50 ms, doubling (tests/fixtures/dummies.toml)
+    delays = [e["next"] for e in log_events(run_dir) if e["event"] == "actor exited" and e["actor"] == "b"]
+    assert delays[:3] == ["restart in 0.050s", "restart in 0.100s", "restart in 0.200s"]
 
 
 def test_temporary_actor_is_not_restarted(procs, run_dir):
