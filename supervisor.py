@@ -51,6 +51,17 @@ from bus.sockets import Endpoints, EndpointError, ensure_run_dir, open_port, top
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 LOCK_NAME = "supervisor.lock"
 ENDPOINTS_NAME = "endpoints.json"
+RUN_NAME = "run.json"  # this run's id and the one it follows; "ended" once it shut down in order
+
+
+def read_previous_run(run_dir: str) -> dict:
+    """The run record the last supervisor in this directory left, or {} (first run / unreadable)."""
+    try:
+        with open(os.path.join(run_dir, RUN_NAME), "rb") as f:
+            rec = json.loads(f.read())
+        return rec if isinstance(rec, dict) and isinstance(rec.get("run_id"), str) else {}
+    except (OSError, ValueError):
+        return {}
 CTL_DEADLINE_S = 1.5  # answer the CLI before its 2 s timeout even if an actor is silent
 EVENT_REFRESH_S = 1.0  # republish every actor's state so late subscribers catch up
 
@@ -195,6 +206,16 @@ class Supervisor:
         self.run_id = dt.datetime.now().strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
         self.log = logmod.setup(run_dir, "supervisor", self.run_id, cfg.service.log_level,
                                 console=sys.stderr.isatty() or None)
+        # Link this run to the one before it in the same directory. A record
+        # without "ended" means that supervisor died (SIGKILL, OOM, power): its
+        # actors died with it (PDEATHSIG), and this run resumes from the ledger.
+        prev = read_previous_run(run_dir)
+        self.previous_run_id: str | None = prev.get("run_id")
+        self.previous_clean = bool(prev.get("ended")) if prev else None
+        if prev:
+            log_fn = self.log.info if self.previous_clean else self.log.warning
+            log_fn("previous run", previous_run_id=self.previous_run_id, previous_pid=prev.get("pid"),
+                   ended=prev.get("ended") or "no (it did not shut down in order; resuming from the ledger)")
         self.hb_s = cfg.supervisor.heartbeat_ms / 1000.0
         self.hb_timeout_s = self.hb_s * cfg.supervisor.heartbeat_misses
         self.restart_log: list[float] = []  # times of counted restarts (intensity window)
@@ -223,6 +244,7 @@ class Supervisor:
         self.events = open_port(self.ctx, self.endpoints, "events", bind=True, stamper=self.stamper)
         atomic_write(os.path.join(run_dir, ENDPOINTS_NAME),
                      json.dumps(self.endpoints.as_dict(), indent=2).encode())
+        self.write_run_record()
         self._wake_r, self._wake_w = socket.socketpair()
         for s in (self._wake_r, self._wake_w):
             s.setblocking(False)
@@ -230,6 +252,11 @@ class Supervisor:
         self.poller.register(self.lifecycle.sock, zmq.POLLIN)
         self.poller.register(self.control.sock, zmq.POLLIN)
         self.poller.register(self._wake_r.fileno(), zmq.POLLIN)
+
+    def write_run_record(self, **extra: Any) -> None:
+        rec = {"run_id": self.run_id, "previous_run_id": self.previous_run_id, "pid": os.getpid(),
+               "since": self.since, "mode": self.cfg.service.mode, **extra}
+        atomic_write(os.path.join(self.run_dir, RUN_NAME), json.dumps(rec, indent=2).encode())
 
     # ------------------------------------------------------------- signals
     def install_signals(self) -> None:
@@ -455,7 +482,8 @@ class Supervisor:
                 "heartbeat_age_s": round(now - c.last_seen, 3) if c.alive else None,
                 "info": c.info, "status": c.status_info,
             }
-        return {"run_id": self.run_id, "pid": os.getpid(), "since": self.since, "phase": self.phase,
+        return {"run_id": self.run_id, "previous_run_id": self.previous_run_id,
+                "previous_clean": self.previous_clean, "pid": os.getpid(), "since": self.since, "phase": self.phase,
                 "run_dir": self.run_dir, "uptime_s": round(now - self.started_mono, 3), "actors": actors}
 
     # Which actor commands each ctl command fans out to, in order.
@@ -678,6 +706,11 @@ class Supervisor:
                 self.on_exit(c)
         self.log.info("supervisor exiting", exit_code=self.exit_code, reason=self.shutdown_reason,
                       shutdown_s=round(time.monotonic() - t0, 4))
+        try:
+            self.write_run_record(ended=dt.datetime.now().isoformat(timespec="seconds"), exit_code=self.exit_code,
+                                  reason=self.shutdown_reason)
+        except OSError as e:  # the run is over either way; the next start just sees it as unclean
+            self.log.error("cannot record the end of the run", error=str(e))
         if self.progress is not None:
             self.progress.close()
         if self.exit_code and sys.stderr:

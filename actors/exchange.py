@@ -177,6 +177,10 @@ class PaperExchange(Actor):
                 if o.tif == "DAY" and r["day"] is not None:
                     self.day_of[o.order_id] = r["day"]
         self.next_oid, self.next_fid = led.next_ids()
+        if self.acct.n_fills or self.orders:
+            self.log.info("ledger resumed", previous_run_id=led.previous_run_id, fills=self.acct.n_fills,
+                          orders=len(self.orders), open_orders=self.n_open, cash=round(self.acct.cash, 2),
+                          positions={s: p.qty for s, p in self.acct.positions.items() if p.qty})
 
     # ------------------------------------------------------------ book helpers
     def _book_add(self, o: OrderInfo) -> None:
@@ -630,7 +634,8 @@ class PaperExchange(Actor):
 
     def status(self) -> dict[str, Any]:
         return {"orders": len(self.orders), "fills": self.acct.n_fills, "open_orders": self.n_open,
-                "paused": self.paused, "halted": self.halted, "equity": round(self.acct.equity, 2)}
+                "paused": self.paused, "halted": self.halted, "equity": round(self.acct.equity, 2),
+                "previous_run_id": self.ledger.previous_run_id}
 
     def on_stop(self) -> None:
         try:

@@ -1,7 +1,8 @@
 """The exchange's ledger: SQLite (WAL) at ``<run-dir>/ledger.sqlite``, the source of truth.
 
 Tables:
-  runs(id, run_id, start, end, config)        one row per exchange process start
+  runs(id, run_id, start, end, config,        one row per exchange process start; previous_run_id
+       previous_run_id)                       links a new supervisor run to the one before it
   meta(key, value)                            initial_cash, paused, halted
   orders(order_id, cl_id UNIQUE, ...)         every accepted order and its current status
   fills(fill_id, order_id, ...)               every fill, with the multiplier it was booked at
@@ -28,7 +29,8 @@ CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT NOT NULL,
     start INTEGER NOT NULL,
     "end" INTEGER,
-    config TEXT NOT NULL
+    config TEXT NOT NULL,
+    previous_run_id TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS orders (
@@ -91,7 +93,12 @@ class Ledger:
             for stmt in SCHEMA.split(";"):
                 if stmt.strip():
                     self.db.execute(stmt)
+            # Ledgers written before runs.previous_run_id existed gain the column.
+            cols = {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}
+            if "previous_run_id" not in cols:
+                self.db.execute("ALTER TABLE runs ADD COLUMN previous_run_id TEXT")
         self.run_row: int | None = None
+        self.previous_run_id: str | None = None
 
     @contextmanager
     def txn(self) -> Iterator[sqlite3.Connection]:
@@ -105,11 +112,20 @@ class Ledger:
 
     # ------------------------------------------------------------------ runs
     def start_run(self, run_id: str, config_json: str, initial_cash: float) -> float:
-        """Record this process start; returns the ledger's initial cash (set by the first run only)."""
+        """Record this process start; returns the ledger's initial cash (set by the first run only).
+
+        ``previous_run_id`` is the last other run that wrote this ledger: a
+        supervisor restarted after a crash resumes the same books under a new
+        run_id, and this row says which run it continues. Exchange restarts
+        within one run add rows with the same run_id and the same link.
+        """
         with self.txn() as db:
             db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('initial_cash', ?)", (repr(float(initial_cash)),))
-            cur = db.execute("INSERT INTO runs(run_id, start, config) VALUES (?, ?, ?)",
-                             (run_id, time.time_ns(), config_json))
+            row = db.execute("SELECT run_id FROM runs WHERE run_id != ? ORDER BY id DESC LIMIT 1",
+                             (run_id,)).fetchone()
+            self.previous_run_id = row[0] if row else None
+            cur = db.execute("INSERT INTO runs(run_id, start, config, previous_run_id) VALUES (?, ?, ?, ?)",
+                             (run_id, time.time_ns(), config_json, self.previous_run_id))
             self.run_row = cur.lastrowid
         return float(self.meta("initial_cash"))
 
