@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import zmq
 
 import config as config_mod
@@ -46,12 +47,46 @@ from bus.messages import (
     ActorEvent, Command, CommandReply, CtlReply, CtlRequest, Finished, Heartbeat, InitFailed, Ready, Run, Stop,
     Stopped,
 )
-from bus.sockets import Endpoints, EndpointError, ensure_run_dir, open_port, topic_for
+from bus.sockets import SPECS, Endpoints, EndpointError, Port, ensure_run_dir, open_port, topic_for
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 LOCK_NAME = "supervisor.lock"
 ENDPOINTS_NAME = "endpoints.json"
 RUN_NAME = "run.json"  # this run's id and the one it follows; "ended" once it shut down in order
+
+
+PEER_POLL_S = 0.2  # placement: how often a supervisor asks its peers for their actors' states
+
+
+def place(cfg: config_mod.Config, run_dir: str) -> tuple[config_mod.Config, dict[str, str]]:
+    """Placement across supervisors: this one's effective config and the remote actors.
+
+    Actors of other groups are disabled here (their supervisor runs them); their
+    names stay in ``after``, and such a dependency is met when the peer
+    supervisor reports the actor READY or running. lifecycle and events stay
+    local ipc files (each supervisor has its own); control is this group's tcp
+    endpoint; every endpoint an actor binds must be tcp so the other group's
+    actors reach it. Raises ConfigError.
+    """
+    pl = cfg.placement
+    if not pl.groups:
+        return cfg, {}
+    remote = {a: g for g, members in pl.groups.items() if g != pl.here for a in members}
+    actors = {n: msgspec.structs.replace(a, enabled=False) if n in remote else a for n, a in cfg.actors.items()}
+    local_eps = {n: f"ipc://{os.path.join(run_dir, n + '.sock')}" for n in ("lifecycle", "events")}
+    bus = msgspec.structs.replace(cfg.bus, endpoints={**cfg.bus.endpoints, **local_eps,
+                                                      "control": pl.control[pl.here]})
+    eff = msgspec.structs.replace(cfg, actors=actors, bus=bus)
+    try:
+        eps = Endpoints.from_config(run_dir, bus)
+    except EndpointError as e:
+        raise config_mod.ConfigError(f"placement: {e}") from None
+    for name, spec in SPECS.items():
+        if spec.binder != "supervisor" and not eps[name].startswith("tcp://"):
+            raise config_mod.ConfigError(
+                f"placement: endpoint {name} (bound by {spec.binder}) is {eps[name]}: actors under the other "
+                f"supervisors cannot reach it; set bus.transport = \"tcp\" or bus.endpoints.{name}")
+    return eff, remote
 
 
 def read_previous_run(run_dir: str) -> dict:
@@ -197,8 +232,11 @@ class CtlJob:
 
 
 class Supervisor:
-    def __init__(self, cfg: config_mod.Config, run_dir: str, config_path: str):
+    def __init__(self, cfg: config_mod.Config, run_dir: str, config_path: str,
+                 remote: dict[str, str] | None = None):
         self.cfg = cfg
+        self.remote = remote or {}  # placement: actor -> group of the supervisor that runs it
+        self.remote_state: dict[str, str] = {}  # last state each peer reported for its actors
         self.run_dir = run_dir
         self.config_path = config_path
         self.order = config_mod.start_order(cfg, config_path)
@@ -252,6 +290,17 @@ class Supervisor:
         self.poller.register(self.lifecycle.sock, zmq.POLLIN)
         self.poller.register(self.control.sock, zmq.POLLIN)
         self.poller.register(self._wake_r.fileno(), zmq.POLLIN)
+        # Placement: a control client per peer supervisor whose actors ours wait on.
+        self.peers: dict[str, Port] = {}
+        self._next_peer_poll = 0.0
+        needed = {self.remote[d] for c in self.children.values() for d in c.cfg.after if d in self.remote}
+        for group in sorted(needed):
+            bus = msgspec.structs.replace(cfg.bus, endpoints={**cfg.bus.endpoints,
+                                                              "control": cfg.placement.control[group]})
+            port = open_port(self.ctx, Endpoints.from_config(run_dir, bus), "control", bind=False,
+                             stamper=self.stamper)
+            self.peers[group] = port
+            self.poller.register(port.sock, zmq.POLLIN)
 
     def write_run_record(self, **extra: Any) -> None:
         rec = {"run_id": self.run_id, "previous_run_id": self.previous_run_id, "pid": os.getpid(),
@@ -312,7 +361,30 @@ class Supervisor:
         self.set_state(c, "starting")
 
     def deps_up(self, c: Child) -> bool:
-        return all(self.children[d].state in ("ready", "running") for d in c.cfg.after if d in self.children)
+        return all((self.children[d].state if d in self.children else self.remote_state.get(d, ""))
+                   in ("ready", "running") for d in c.cfg.after if d in self.children or d in self.remote)
+
+    def poll_peers(self, now: float) -> None:
+        """Ask peer supervisors for their actors' states (placement); replies land in drain()."""
+        if not self.peers or now < self._next_peer_poll:
+            return
+        self._next_peer_poll = now + PEER_POLL_S
+        for group, port in self.peers.items():
+            try:
+                port.send(CtlRequest(id=group, cmd="status"), flags=zmq.NOBLOCK)
+            except zmq.Again:  # peer not there yet: the queue is full; ask again later
+                pass
+
+    def on_peer_reply(self, group: str, msg: Any) -> None:
+        if not isinstance(msg, CtlReply) or not msg.ok:
+            return
+        for name, a in (msg.data.get("actors") or {}).items():
+            if self.remote.get(name) == group and isinstance(a, dict):
+                old = self.remote_state.get(name)
+                self.remote_state[name] = str(a.get("state", ""))
+                if old != self.remote_state[name]:
+                    self.log.info("remote actor", actor=name, group=group, state=self.remote_state[name],
+                                  peer_run_id=msg.data.get("run_id"))
 
     def start_what_can_start(self, now: float) -> None:
         for name in self.order:
@@ -484,7 +556,11 @@ class Supervisor:
             }
         return {"run_id": self.run_id, "previous_run_id": self.previous_run_id,
                 "previous_clean": self.previous_clean, "pid": os.getpid(), "since": self.since, "phase": self.phase,
-                "run_dir": self.run_dir, "uptime_s": round(now - self.started_mono, 3), "actors": actors}
+                "bad_messages": self.lifecycle.stats["bad"] + self.control.stats["bad"],
+                "run_dir": self.run_dir, "uptime_s": round(now - self.started_mono, 3), "actors": actors,
+                **({"placement": {"here": self.cfg.placement.here, "remote": {
+                    a: {"group": g, "state": self.remote_state.get(a, "unknown")} for a, g in self.remote.items()}}}
+                   if self.remote else {})}
 
     # Which actor commands each ctl command fans out to, in order.
     FANOUT = {
@@ -511,7 +587,10 @@ class Supervisor:
             self._stop_request = "ctl shutdown"
         elif cmd == "restart":
             c = self.children.get(req.arg)
-            if c is None:
+            if c is None and req.arg in self.remote:
+                reply(False, f"actor {req.arg} runs under the supervisor of group {self.remote[req.arg]} "
+                             f"({self.cfg.placement.control[self.remote[req.arg]]}); ask that one", rid=req.id)
+            elif c is None:
                 reply(False, f"unknown actor {req.arg!r} (actors: {', '.join(self.order)})", rid=req.id)
             elif not c.alive:
                 reply(False, f"actor {req.arg} is not running (state {c.state})", rid=req.id)
@@ -528,6 +607,9 @@ class Supervisor:
             job = CtlJob(ident, delim, req, {}, {}, time.monotonic() + CTL_DEADLINE_S)
             for actor, acmd in self.FANOUT[cmd]:
                 c = self.children.get(actor)
+                if c is None and actor in self.remote:  # placement: its own supervisor takes the command
+                    job.results[actor] = {"ok": True, "skipped": f"runs under group {self.remote[actor]}"}
+                    continue
                 if c is None or not c.alive or c.state != "running":
                     job.results[actor] = {"ok": False, "error": f"{actor} is not running"}
                     continue
@@ -571,6 +653,14 @@ class Supervisor:
                     self.on_lifecycle(r.ident, r.msg)
                 else:
                     self.on_control(r.ident, r.delim, r.msg)
+        for group, port in self.peers.items():
+            for _ in range(100):
+                try:
+                    self.on_peer_reply(group, port.recv(zmq.NOBLOCK).msg)
+                except zmq.Again:
+                    break
+                except ProtocolError as e:
+                    self.log.warning("bad message from peer supervisor", group=group, error=str(e))
 
     def wait(self, timeout_s: float) -> None:
         events = self.poller.poll(max(0, int(timeout_s * 1000)))
@@ -634,6 +724,8 @@ class Supervisor:
                 t = min(t, c.restart_due - now)
         if self.jobs:
             t = min(t, min(j.deadline for j in self.jobs) - now)
+        if self.peers:
+            t = min(t, self._next_peer_poll - now)
         return max(0.0, min(t, 0.1))
 
     # ------------------------------------------------------------- phases
@@ -666,9 +758,11 @@ class Supervisor:
             else:
                 self.start_what_can_start(now)
                 for c in self.children.values():
-                    if c.state == "ready" and all(self.children[d].state == "running" for d in c.cfg.after):
+                    if c.state == "ready" and all(self.children[d].state == "running"
+                                                  for d in c.cfg.after if d in self.children):
                         self.send_run(c)
             self.heartbeat(now)
+            self.poll_peers(now)
             self.check_timeouts(now)
             self.finish_jobs(now)
             if self.progress is not None:
@@ -723,7 +817,7 @@ class Supervisor:
             os.unlink(os.path.join(self.run_dir, ENDPOINTS_NAME))
         except OSError:
             pass
-        for p in (self.lifecycle, self.control, self.events):
+        for p in (self.lifecycle, self.control, self.events, *self.peers.values()):
             p.close()
         self.ctx.term()
 
@@ -757,7 +851,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"supervisor: cannot use run directory {run_dir}: {e.strerror}", file=sys.stderr)
         return EXIT_FAIL
     try:
-        sup = Supervisor(cfg, run_dir, str(args.config or config_mod.DEFAULT_PATH))
+        cfg, remote = place(cfg, run_dir)
+        sup = Supervisor(cfg, run_dir, str(args.config or config_mod.DEFAULT_PATH), remote)
+    except config_mod.ConfigError as e:
+        print(f"supervisor: config error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     except EndpointError as e:
         print(f"supervisor: config error: {e}", file=sys.stderr)
         return EXIT_CONFIG

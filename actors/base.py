@@ -7,7 +7,8 @@
 
 Started as ``python -m actors.<name> --run-dir DIR --config PATH``. Exit codes:
 0 clean stop, 1 unhandled exception or init failure (traceback in the log),
-2 config error, 3 orphan guard (supervisor heartbeats stopped).
+2 config error, 3 orphan guard (supervisor heartbeats stopped), 4 disk error
+(the run directory is full or read-only: bus.faults.disk_error; not restarted).
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ import zmq
 import config as config_mod
 from bus import log as logmod
 from bus.codec import ProtocolError, Stamper
+from bus.faults import DiskError, disk_error
 from bus.messages import (
-    Command, CommandReply, Heartbeat, InitFailed, Ready, Run, Stop, Stopped,
+    Command, CommandReply, Fatal, Heartbeat, InitFailed, Ready, Run, Stop, Stopped,
 )
 from bus.sockets import Endpoints, Port, Received, open_port
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_ORPHAN = 0, 1, 2, 3
+EXIT_DISK = 4  # the run directory refused a write: the supervisor stops everything instead of restarting
 ENV_SUPERVISOR_PID = "PAPERBUS_SUPERVISOR_PID"
 ENV_RUN_ID = "PAPERBUS_RUN_ID"
 _PR_SET_PDEATHSIG = 1
@@ -246,11 +249,35 @@ class Actor:
         if now >= self._next_hb:
             self._next_hb = now + self.hb_s
             info = self.status() if self.running else {}
+            # Dropped bad input is counted where an operator sees it (ctl status).
+            bad = sum(p.stats["bad"] for p in self._ports)
+            if bad:
+                info = {**info, "bad_messages": bad}
             self._send_lc(Heartbeat(info=info))
         if now - self._last_sup > self.hb_timeout_s:
             self.log.error("supervisor heartbeats stopped; stopping (orphan guard)",
                            silent_s=round(now - self._last_sup, 3))
             self.request_stop("orphan guard", EXIT_ORPHAN)
+
+    def _disk_exit(self, err: DiskError) -> int:
+        """The run directory refused a write: say so once, tell the supervisor why, exit EXIT_DISK.
+
+        No on_stop(): it would write to the same disk, and the actor's memory may
+        be ahead of what was committed (the failed transaction was rolled back,
+        nothing was published for it); the next start rebuilds from the ledger.
+        """
+        self.log.error("disk error", error=str(err), op=err.op, path=err.filename)
+        try:  # the log file may be on the broken disk; stderr may reach a person
+            sys.stderr.write(f"{self.name}: {err}\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        if self.lifecycle is not None:
+            try:
+                self._send_lc(Fatal(reason=str(err)[:4000]))
+            except zmq.ZMQError:
+                pass
+        return EXIT_DISK
 
     def serve(self) -> int:
         """Run the whole lifecycle; returns the process exit code."""
@@ -265,6 +292,8 @@ class Actor:
             try:
                 info = self.init()
             except Exception as e:
+                if (err := disk_error(e)) is not None:
+                    return self._disk_exit(err)
                 self.log.exception("init failed", error=str(e))
                 self._send_lc(InitFailed(reason=f"{type(e).__name__}: {e}"[:4000]))
                 return EXIT_ERROR
@@ -290,6 +319,8 @@ class Actor:
             self.log.info("stopped", exit_code=self._exit_code)
             return self._exit_code
         except Exception as e:
+            if (err := disk_error(e)) is not None:
+                return self._disk_exit(err)
             self.log.exception("unhandled exception", error=str(e))
             return EXIT_ERROR
         finally:
@@ -321,8 +352,9 @@ def main(cls: type[Actor], argv: list[str] | None = None) -> None:
     try:
         actor = cls(cfg, args.run_dir, name=args.name, run_id=args.run_id)
     except Exception as e:
-        print(f"{args.name}: cannot start: {type(e).__name__}: {e}", file=sys.stderr)
-        sys.exit(EXIT_ERROR)
+        err = disk_error(e)
+        print(f"{args.name}: cannot start: {err or f'{type(e).__name__}: {e}'}", file=sys.stderr)
+        sys.exit(EXIT_ERROR if err is None else EXIT_DISK)
     prof_dir = os.environ.get("PAPERBUS_PROFILE")
     if prof_dir:
         # Opt-in profiling (docs/BENCHMARKS.md): one cProfile file per actor.

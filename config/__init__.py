@@ -119,6 +119,14 @@ class StateCfg(_S):
     pub_hwm: PosInt = 10_000
 
 
+class PlacementCfg(_S):
+    # Actors split between supervisors (hosts) that talk over tcp; see
+    # docs/ARCHITECTURE.md "Placement across hosts". No groups: one supervisor runs all.
+    here: str = ""  # the group this supervisor runs (--set placement.here=NAME)
+    groups: dict[str, list[str]] = {}  # group -> actors it runs
+    control: dict[str, str] = {}  # group -> its supervisor's control endpoint (tcp://)
+
+
 class Config(_S):
     service: ServiceCfg = msgspec.field(default_factory=ServiceCfg)
     bus: BusCfg = msgspec.field(default_factory=BusCfg)
@@ -128,6 +136,7 @@ class Config(_S):
     exchange: ExchangeCfg = msgspec.field(default_factory=ExchangeCfg)
     strategy: StrategyCfg = msgspec.field(default_factory=StrategyCfg)
     state: StateCfg = msgspec.field(default_factory=StateCfg)
+    placement: PlacementCfg = msgspec.field(default_factory=PlacementCfg)
 
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
@@ -254,6 +263,36 @@ def validate(cfg: Config, where: str) -> None:
     if cfg.supervisor.backoff_max_ms < cfg.supervisor.backoff_initial_ms:
         raise ConfigError(f"{where}: key supervisor.backoff_max_ms: must be >= backoff_initial_ms")
     start_order(cfg, where)
+    _validate_placement(cfg, where)
+
+
+def _validate_placement(cfg: Config, where: str) -> None:
+    pl = cfg.placement
+    if not pl.groups:
+        if pl.here:
+            raise ConfigError(f"{where}: key placement.here: set, but placement.groups is empty")
+        return
+    placed: dict[str, str] = {}
+    for group, members in pl.groups.items():
+        for n in members:
+            if n not in cfg.actors:
+                raise ConfigError(f"{where}: key placement.groups.{group}: unknown actor {n!r}")
+            if n in placed:
+                raise ConfigError(f"{where}: key placement.groups.{group}: {n} is already placed in {placed[n]}")
+            placed[n] = group
+        addr = pl.control.get(group, "")
+        if not addr.startswith("tcp://"):
+            raise ConfigError(f"{where}: key placement.control.{group}: the supervisor of group {group} needs a "
+                              f"tcp:// control endpoint (got {addr!r})")
+    for n, a in cfg.actors.items():
+        if a.enabled and n not in placed:
+            raise ConfigError(f"{where}: key placement.groups: actor {n} is not placed in any group")
+    for g in pl.control:
+        if g not in pl.groups:
+            raise ConfigError(f"{where}: key placement.control.{g}: no such group in placement.groups")
+    if pl.here not in pl.groups:
+        raise ConfigError(f"{where}: key placement.here: {pl.here!r} is not a group "
+                          f"({', '.join(pl.groups)}); start each supervisor with --set placement.here=GROUP")
 
 
 def start_order(cfg: Config, where: str = "config") -> list[str]:

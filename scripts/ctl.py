@@ -76,6 +76,10 @@ def render_status(data: dict) -> str:
         info = ", ".join(f"{k}={v}" for k, v in {**a.get("info", {}), **a.get("status", {})}.items())
         lines.append(f"{name:16} {a['state']:10} {a.get('pid') or '-':>7} {up:>9} {a['restarts']:>8} {hb:>7}  "
                      f"{info[:80]}")
+    pl = data.get("placement")
+    if pl:  # actors another supervisor runs, as that supervisor last reported them
+        for name, r in pl.get("remote", {}).items():
+            lines.append(f"{name:16} {r['state']:10} {'(group ' + r['group'] + ')':>36}")
     return "\n".join(lines)
 
 

@@ -5,12 +5,17 @@ ledger must stay exactly as it is. hypothesis then throws garbage, wrong frame
 counts, types from other channels and valid types with invalid values at
 control, orders, md.ref, state.snap and lifecycle. Each case gets an error reply
 or is dropped and counted; afterwards every process is the same one, still
-running, and the ledger is unchanged. (A few hundred cases here; the long run
-of issue 8 raises max_examples.)
+running, and the ledger is unchanged. Below ZeroMQ, raw bytes go straight at
+every socket file the system binds (PUB endpoints included), and XSUB peers send
+garbage subscription frames to every PUB.
+
+A few hundred cases in ``make test``; the long run sets the count:
+    PAPERBUS_FUZZ_EXAMPLES=10000 .venv/bin/python -m pytest tests/test_fuzz_sockets.py
 """
 
 import math
 import os
+import socket
 import sqlite3
 import subprocess
 import time
@@ -26,7 +31,8 @@ from scripts.ctl import request
 from tests.harness import PY, Procs, wait_for
 from tests.sup_util import status
 
-pytestmark = pytest.mark.timeout(180)
+EXAMPLES = int(os.environ.get("PAPERBUS_FUZZ_EXAMPLES", "300"))
+pytestmark = pytest.mark.timeout(180 + EXAMPLES // 10)
 
 ROUTERS = ["control", "orders", "md.ref", "state.snap", "lifecycle"]
 # Valid requests that legitimately change state are not bad input: leave them out.
@@ -110,18 +116,19 @@ payloads = st.one_of(
 _socks: dict = {}
 
 
-def sock_for(system, name):
-    s = _socks.get(name)
+def sock_for(system, name, kind=zmq.DEALER):
+    s = _socks.get((name, kind))
     if s is None:
-        s = system["ctx"].socket(zmq.DEALER)
+        s = system["ctx"].socket(kind)
         s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.IDENTITY, f"fuzz-{name}".encode())  # never an actor's identity
+        if kind == zmq.DEALER:
+            s.setsockopt(zmq.IDENTITY, f"fuzz-{name}".encode())  # never an actor's identity
         s.connect(system["eps"][name])
-        _socks[name] = s
+        _socks[(name, kind)] = s
     return s
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(name=st.sampled_from(ROUTERS), frames=payloads)
 def test_fuzz_routers(system, name, frames):
@@ -129,6 +136,43 @@ def test_fuzz_routers(system, name, frames):
     s.send_multipart(frames)
     while s.poll(0):  # replies are errors or nothing; drain without waiting
         s.recv_multipart()
+
+
+# ZMTP 3 greeting (signature, version 3.0, mechanism NULL): lets garbage reach the frame parser.
+GREETING = b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x00" + b"NULL" + b"\x00" * 16 + b"\x00" + b"\x00" * 31
+
+
+def test_fuzz_raw_bytes_at_every_socket_file(system):
+    """Bytes below ZeroMQ: every bound ipc endpoint, PUB ones included, meets a raw stream socket."""
+    eps = system["eps"].as_dict()
+    files = {n: a[len("ipc://"):] for n, a in eps.items() if a.startswith("ipc://")}
+    assert set(files) >= {"control", "lifecycle", "events", "md", "md.ref", "orders", "exec", "state", "state.snap"}
+
+    @settings(max_examples=max(EXAMPLES // 3, 50), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(name=st.sampled_from(sorted(files)), greet=st.booleans(), data=st.binary(min_size=1, max_size=2000))
+    def case(name, greet, data):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(2.0)
+            s.connect(files[name])
+            try:
+                s.sendall((GREETING + data) if greet else data)
+            except OSError:  # the peer may hang up first: libzmq closes on a bad greeting
+                pass
+
+    case()
+
+
+def test_fuzz_garbage_subscriptions_at_every_pub(system):
+    """An XSUB peer can send any frame upstream; a PUB must shrug it off."""
+    pubs = ["events", "md", "exec", "state"]
+
+    @settings(max_examples=max(EXAMPLES // 3, 50), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(name=st.sampled_from(pubs), frames=st.lists(st.binary(max_size=300), min_size=1, max_size=4))
+    def case(name, frames):
+        s = sock_for(system, name, zmq.XSUB)
+        s.send_multipart(frames)
+
+    case()
 
 
 def test_after_fuzzing_nothing_died_and_the_ledger_is_unchanged(system):
@@ -155,6 +199,11 @@ def test_after_fuzzing_nothing_died_and_the_ledger_is_unchanged(system):
     assert {n: a["pid"] for n, a in after["actors"].items()} == pids
     assert all(a["state"] == "running" and a["restarts"] == 0 for a in after["actors"].values())
     assert ledger_state(run_dir) == before
+    # What was dropped was counted, and the count is visible in ctl status.
+    assert after["bad_messages"] > 0, "supervisor: bad input not counted"
+    for name in ("market-data", "paper-exchange", "state-publisher"):
+        wait_for(lambda: status(run_dir)["actors"][name]["status"].get("bad_messages", 0) > 0, 5,
+                 f"{name} to report its count of bad messages")
     for s in _socks.values():
         s.close()
     _socks.clear()

@@ -1,0 +1,121 @@
+"""Placement across hosts: two supervisors, two run directories, one config.
+
+"books" runs the exchange and the state-publisher, "feed" runs market-data and
+the strategy; actors reach each other's endpoints over tcp, and each supervisor
+waits for the peer's actors its own depend on (asking the peer's control
+endpoint) before starting them. Shown here on one machine, in two run dirs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+
+import pytest
+
+from scripts.ctl import request
+from tests.harness import PY, wait_for
+from tests.sup_util import phase, status
+
+pytestmark = pytest.mark.timeout(120)
+
+CONFIG = "config/placement.toml"
+
+
+def free_ports(n: int) -> int:
+    """A base port with n consecutive free ports (other tests may run beside us: probe them all)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + n >= 65000:
+            continue
+        socks = []
+        try:
+            for p in range(base, base + n):
+                t = socket.socket()
+                socks.append(t)
+                t.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for t in socks:
+                t.close()
+    raise RuntimeError("no free port range")
+
+
+def sets_for(base: int) -> list[str]:
+    return [f"bus.tcp_base_port={base}",
+            f'placement.control={{ feed = "tcp://127.0.0.1:{base + 9}", books = "tcp://127.0.0.1:{base + 10}" }}',
+            "market_data.rate_hz=50", "exchange.fill_on=close", "strategy.params={ fast = 2, slow = 4, qty = 10 }"]
+
+
+def start(procs, run_dir, here, sets):
+    args = [PY, "supervisor.py", "--config", CONFIG, "--run-dir", run_dir, "--set", f"placement.here={here}"]
+    for s in sets:
+        args += ["--set", s]
+    return procs.spawn(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@pytest.fixture
+def two_dirs(run_dir):
+    a, b = os.path.join(run_dir, "feed"), os.path.join(run_dir, "books")
+    os.mkdir(a, 0o700)
+    os.mkdir(b, 0o700)
+    return a, b
+
+
+def test_two_supervisors_split_the_actors_and_trade_together(procs, two_dirs):
+    feed_dir, books_dir = two_dirs
+    sets = sets_for(free_ports(11))
+    # Books first: its exchange waits for market-data, which the feed supervisor runs.
+    books = start(procs, books_dir, "books", sets)
+    wait_for(lambda: books.poll() is not None or (status(books_dir) or {}).get("phase") == "starting", 20,
+             "books supervisor up")
+    st = status(books_dir)
+    assert st["actors"]["paper-exchange"]["state"] == "pending"  # waiting on the remote market-data
+    assert st["placement"]["remote"]["market-data"]["state"] == "unknown"
+    feed = start(procs, feed_dir, "feed", sets)
+    for p, d in ((feed, feed_dir), (books, books_dir)):
+        wait_for(lambda: p.poll() is not None or phase(d) == "running", 40, f"{d} running")
+        assert p.poll() is None, p.stderr.read().decode()
+    sf, sb = status(feed_dir), status(books_dir)
+    assert set(sf["actors"]) == {"market-data", "strategy"}
+    assert set(sb["actors"]) == {"paper-exchange", "state-publisher"}
+    assert sf["placement"]["remote"] == {"paper-exchange": {"group": "books", "state": "running"},
+                                         "state-publisher": {"group": "books", "state": "running"}}
+    wait_for(lambda: status(books_dir)["placement"]["remote"]["market-data"]["state"] == "running", 10,
+             "books sees market-data running")
+    # Bars cross from feed to books, orders from feed to books, fills back: trading works.
+    wait_for(lambda: status(books_dir)["actors"]["paper-exchange"]["status"].get("fills", 0) >= 3, 30,
+             "fills on the books host")
+    assert status(feed_dir)["actors"]["strategy"]["status"]["orders_sent"] >= 3
+    # Commands go to the supervisor that runs the actor; the other part is skipped, not failed.
+    r = request(feed_dir, "pause", timeout=5)
+    assert r.ok, r.error
+    assert r.data["actors"]["paper-exchange"]["skipped"] == "runs under group books"
+    r = request(feed_dir, "restart", "paper-exchange", timeout=5)
+    assert not r.ok and "group books" in r.error
+    # Each shuts down its own actors, in order.
+    for p in (feed, books):
+        p.send_signal(signal.SIGINT)
+    assert feed.wait(20) == 0
+    assert books.wait(20) == 0
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["bus.transport=ipc"], "endpoint md (bound by market-data) is ipc://"),
+    (["placement.here=nowhere"], "placement.here: 'nowhere' is not a group"),
+    (['placement.groups={ feed = ["market-data", "strategy"], books = ["paper-exchange"] }'],
+     "actor state-publisher is not placed"),
+    (['placement.control={ feed = "tcp://127.0.0.1:47320", books = "ipc:///tmp/x" }'],
+     "placement.control.books"),
+])
+def test_bad_placement_is_a_config_error(procs, run_dir, extra, needle):
+    p = start(procs, run_dir, "feed", sets_for(47300) + extra)
+    assert p.wait(20) == 2
+    err = p.stderr.read().decode()
+    assert "config error" in err and needle in err, err
