@@ -16,7 +16,7 @@ Modelled on Erlang/OTP supervision with systemd-style readiness:
   us) and die with us (PR_SET_PDEATHSIG set in the child, see actors/base.py).
 
 Exit codes: 0 clean shutdown, 1 failure (start failure, restart intensity,
-already running), 2 config error.
+an actor's disk error, already running), 2 config error.
 """
 
 from __future__ import annotations
@@ -40,12 +40,14 @@ import msgspec
 import zmq
 
 import config as config_mod
+from actors.base import EXIT_DISK
 from bus import log as logmod
 from bus.codec import ProtocolError, Stamper
+from bus.faults import disk_error
 from bus.fileio import atomic_write
 from bus.messages import (
-    ActorEvent, Command, CommandReply, CtlReply, CtlRequest, Finished, Heartbeat, InitFailed, Ready, Run, Stop,
-    Stopped,
+    ActorEvent, Command, CommandReply, CtlReply, CtlRequest, Fatal, Finished, Heartbeat, InitFailed, Ready, Run,
+    Stop, Stopped,
 )
 from bus.sockets import SPECS, Endpoints, EndpointError, Port, ensure_run_dir, open_port, topic_for
 
@@ -280,8 +282,8 @@ class Supervisor:
         self.lifecycle = open_port(self.ctx, self.endpoints, "lifecycle", bind=True, stamper=self.stamper)
         self.control = open_port(self.ctx, self.endpoints, "control", bind=True, stamper=self.stamper)
         self.events = open_port(self.ctx, self.endpoints, "events", bind=True, stamper=self.stamper)
-        atomic_write(os.path.join(run_dir, ENDPOINTS_NAME),
-                     json.dumps(self.endpoints.as_dict(), indent=2).encode())
+        atomic_write(os.path.join(run_dir, ENDPOINTS_NAME),  # + where clients find the CURVE keys (no secret)
+                     json.dumps(self.endpoints.published(), indent=2).encode())
         self.write_run_record()
         self._wake_r, self._wake_w = socket.socketpair()
         for s in (self._wake_r, self._wake_w):
@@ -346,7 +348,12 @@ class Supervisor:
         errpath = os.path.join(self.run_dir, "logs", f"{c.name}.stderr")
         # cwd stays ours so relative paths in the config (data files) mean the same
         # to the actors as to the user; PYTHONPATH finds the project's modules.
-        with open(errpath, "ab") as err:
+        try:
+            err = open(errpath, "ab")
+        except OSError as e:  # full or read-only run dir: the actor's stderr goes to ours instead
+            self.log.error("cannot open actor stderr file", actor=c.name, path=errpath, error=str(e))
+            err = None
+        try:
             # process_group=0: own group, so a terminal Ctrl+C reaches only the supervisor.
             c.proc = subprocess.Popen(
                 [sys.executable, "-m", c.cfg.module, "--run-dir", self.run_dir, "--config", self.effective_cfg,
@@ -354,6 +361,9 @@ class Supervisor:
                 env=env, cwd=os.getcwd(), stdin=subprocess.DEVNULL, stdout=err, stderr=err, process_group=0,
                 close_fds=True,
             )
+        finally:
+            if err is not None:
+                err.close()
         now = time.monotonic()
         c.started_at = c.last_seen = now
         c.sigterm_sent = False
@@ -409,6 +419,20 @@ class Supervisor:
         uptime = now - c.started_at
         how = self.describe_exit(rc)
         prev = c.state
+        if rc == EXIT_DISK:
+            # A full or read-only run directory: a restart cannot help. Stop the
+            # others in order (or, already stopping, make the exit code say so).
+            c.state = "failed"
+            reason = f"{c.name}: {self.fatal_reason(c) or f'disk error (exit code {EXIT_DISK})'}"
+            self.log.error("actor stopped on a disk error", actor=c.name, pid=c.pid, error=reason,
+                           uptime_s=round(uptime, 3), next="stop everything, exit 1")
+            self.emit(c, reason)
+            if self.phase == "stopping":
+                if not self.exit_code:
+                    self.exit_code, self.shutdown_reason = EXIT_FAIL, reason
+            else:
+                self.begin_shutdown(reason, EXIT_FAIL)
+            return
         if self.phase == "stopping":
             c.state = "exited"
             self.log.info("actor exited", actor=c.name, pid=c.pid, how=how, uptime_s=round(uptime, 3),
@@ -477,6 +501,24 @@ class Supervisor:
                 o.restart_after_exit = True
                 self.stop_child(o, f"restart with {c.name}")
 
+    def fatal_reason(self, c: Child, timeout: float = 1.0) -> str:
+        """The reason an actor sent (Fatal) just before exiting with EXIT_DISK.
+
+        It is sent before the exit but may still be in flight when SIGCHLD is
+        handled, so wait for it briefly; only lifecycle messages are handled meanwhile.
+        """
+        deadline = time.monotonic() + timeout
+        while "fatal" not in c.info:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.lifecycle.sock.poll(int(left * 1000) + 1):
+                break
+            try:
+                r = self.lifecycle.recv(zmq.NOBLOCK)
+            except (zmq.Again, ProtocolError):
+                continue
+            self.on_lifecycle(r.ident, r.msg)
+        return c.info.get("fatal", "")
+
     def stderr_tail(self, c: Child, n: int = 2000) -> str:
         try:
             with open(os.path.join(self.run_dir, "logs", f"{c.name}.stderr"), "rb") as f:
@@ -504,6 +546,9 @@ class Supervisor:
     # ------------------------------------------------------------- messages
     def on_lifecycle(self, ident: bytes, msg: Any) -> None:
         c = self.children.get(ident.decode(errors="replace"))
+        if c is not None and isinstance(msg, Fatal):  # kept even if its exit was reaped first
+            c.info["fatal"] = msg.reason
+            return
         if c is None or not c.alive:
             return
         now = time.monotonic()
@@ -558,6 +603,7 @@ class Supervisor:
                 "previous_clean": self.previous_clean, "pid": os.getpid(), "since": self.since, "phase": self.phase,
                 "bad_messages": self.lifecycle.stats["bad"] + self.control.stats["bad"],
                 "run_dir": self.run_dir, "uptime_s": round(now - self.started_mono, 3), "actors": actors,
+                "log_write_errors": logmod.write_errors(),
                 **({"placement": {"here": self.cfg.placement.here, "remote": {
                     a: {"group": g, "state": self.remote_state.get(a, "unknown")} for a, g in self.remote.items()}}}
                    if self.remote else {})}
@@ -706,6 +752,9 @@ class Supervisor:
                 self.log.error("actor hung: heartbeats missed, killing", actor=c.name, pid=c.pid,
                                silent_s=round(now - c.last_seen, 3), misses=self.cfg.supervisor.heartbeat_misses)
                 self.kill_child(c, signal.SIGKILL)
+                # Reaped on SIGCHLD in a moment; until then, judging it again on every loop
+                # round would log (and kill) the same hang many times.
+                c.last_seen = now
             elif c.state == "stopping" and now > c.stop_deadline:
                 if not c.sigterm_sent:
                     self.log.warning("actor did not stop in time, SIGTERM", actor=c.name, pid=c.pid)
@@ -832,6 +881,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Everything the service creates (ledger, WAL, logs, stderr files) is
+    # private to the user; the actors inherit this umask.
+    os.umask(0o077)
     args = parse_args(argv)
     try:
         cfg = config_mod.load(args.config, args.sets)
@@ -861,6 +913,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     except zmq.ZMQError as e:
         print(f"supervisor: cannot bind endpoints in {run_dir}: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    except OSError as e:  # config.json / endpoints.json on a full or read-only disk
+        print(f"supervisor: cannot use run directory {run_dir}: {disk_error(e) or e}", file=sys.stderr)
         return EXIT_FAIL
     try:
         return sup.run()

@@ -72,6 +72,7 @@ from actors.base import Actor, CommandError, main
 from actors.ledger import Ledger
 from actors import report
 from bus.codec import ProtocolError, Stamper
+from bus.faults import disk_error
 from bus.fileio import atomic_write
 from bus.messages import (
     AccountInfo, AccountUpdate, Bar, BarBatch, CancelAll, CancelOrder, CancelReply, EndOfData, Fill, Flatten,
@@ -103,6 +104,7 @@ class PaperExchange(Actor):
         self.last_px: dict[str, float] = {}
         self.last_ts: dict[str, int] = {}
         self.n_open = 0
+        self.n_prices = 0  # bars/ticks priced (status: shows trading keeps pace with the feed)
         self.marks_dirty = False
         self.export_dirty = False
         self.last_export = 0.0
@@ -430,6 +432,7 @@ class PaperExchange(Actor):
                 text = report.format_text_summary(summary)
         except Exception as e:  # reported by the loop: the run must not hang on it
             self._results["error"] = f"{type(e).__name__}: {e}"
+            self._results["disk"] = disk_error(e)
         self._results.update(text=text, summary=summary, fills=len(fills))
 
     def _results_done(self) -> None:
@@ -437,6 +440,8 @@ class PaperExchange(Actor):
             return
         r = self._results
         r["sent"] = True
+        if r.get("disk") is not None:
+            raise r["disk"]  # a full or read-only disk: EXIT_DISK, not a plain crash
         if "error" in r:
             raise RuntimeError(f"writing backtest results failed: {r['error']}")
         self.log.info("backtest finished", bars=len(self.equity_rows), fills=r["fills"],
@@ -470,6 +475,7 @@ class PaperExchange(Actor):
                 elif o.tif == "IOC":
                     ioc_missed.append(o)
             self._close_orders(ioc_missed, "cancelled", "ioc not filled on the next market data")
+        self.n_prices += 1
         self.last_px[sym] = cl
         self.last_ts[sym] = ts
         if self.acct.mark(sym, cl):
@@ -530,8 +536,9 @@ class PaperExchange(Actor):
         fid = self.next_fid
         o.filled = o.qty
         o.status = "filled"
-        # If this commit fails the in-memory state is ahead of the ledger: the
-        # exception ends the process and the restart rebuilds from the ledger.
+        # If this commit fails it is rolled back whole and nothing is published: the
+        # in-memory state is ahead of the ledger, so the exception ends the process
+        # (a disk error with EXIT_DISK, no restart) and the next start rebuilds from the ledger.
         self.ledger.record_fill(
             (fid, o.order_id, o.cl_id, o.symbol, o.side, qty, px, fee, ts, mult, res.position, res.realized),
             (o.order_id, "filled", o.filled, "filled"),
@@ -633,7 +640,8 @@ class PaperExchange(Actor):
         return {"paused": self.paused, "halted": self.halted}
 
     def status(self) -> dict[str, Any]:
-        return {"orders": len(self.orders), "fills": self.acct.n_fills, "open_orders": self.n_open,
+        return {"orders": len(self.orders), "fills": self.acct.n_fills, "bars": self.n_prices,
+                "open_orders": self.n_open,
                 "paused": self.paused, "halted": self.halted, "equity": round(self.acct.equity, 2),
                 "previous_run_id": self.ledger.previous_run_id}
 
@@ -642,8 +650,10 @@ class PaperExchange(Actor):
             self._export()
         except (OSError, sqlite3.Error) as e:
             self.log.error("final export failed", error=str(e))
-        self.ledger.end_run()
-        self.ledger.close()
+        try:
+            self.ledger.end_run()  # a DiskError here ends the actor with EXIT_DISK (Actor.serve)
+        finally:
+            self.ledger.close()
 
 
 if __name__ == "__main__":

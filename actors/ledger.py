@@ -13,7 +13,8 @@ Every state change is one transaction: a fill, its order's new status and the
 position it produces commit together (``record_fill``), before the caller
 publishes anything. WAL with synchronous=NORMAL: a commit is in the WAL file
 (the OS page cache) when ``COMMIT`` returns, so it survives SIGKILL of the
-process; only an OS crash or power cut can lose the last transactions.
+process; only an OS crash or power cut can lose the last transactions. A transaction that
+fails (a full or read-only disk: bus.faults.DiskError) is rolled back whole, COMMIT included.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from typing import Any, Iterator
+
+from bus.faults import disk_error, inject
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -81,34 +84,51 @@ FILL_COLS = ("fill_id", "order_id", "cl_id", "symbol", "side", "qty", "price", "
 class Ledger:
     def __init__(self, path: str):
         self.path = path
-        # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT) below.
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.row_factory = sqlite3.Row
-        mode = self.db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode.lower() != "wal":
-            raise RuntimeError(f"{path}: cannot switch the ledger to WAL mode (got {mode})")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        with self.txn():
-            for stmt in SCHEMA.split(";"):
-                if stmt.strip():
-                    self.db.execute(stmt)
-            # Ledgers written before runs.previous_run_id existed gain the column.
-            cols = {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}
-            if "previous_run_id" not in cols:
-                self.db.execute("ALTER TABLE runs ADD COLUMN previous_run_id TEXT")
+        try:
+            # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT) below.
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.row_factory = sqlite3.Row
+            mode = self.db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise RuntimeError(f"{path}: cannot switch the ledger to WAL mode (got {mode})")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            with self.txn():
+                for stmt in SCHEMA.split(";"):
+                    if stmt.strip():
+                        self.db.execute(stmt)
+                # Ledgers written before runs.previous_run_id existed gain the column.
+                cols = {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}
+                if "previous_run_id" not in cols:
+                    self.db.execute("ALTER TABLE runs ADD COLUMN previous_run_id TEXT")
+        except sqlite3.Error as e:
+            err = disk_error(e, "opening", path)
+            if err is None:
+                raise
+            raise err from e
         self.run_row: int | None = None
         self.previous_run_id: str | None = None
 
     @contextmanager
-    def txn(self) -> Iterator[sqlite3.Connection]:
-        self.db.execute("BEGIN IMMEDIATE")
+    def txn(self, point: str = "ledger") -> Iterator[sqlite3.Connection]:
+        """One transaction. On any failure, COMMIT's own included, it is rolled back: nothing of it
+        stays. A full or read-only disk raises bus.faults.DiskError naming the ledger file.
+        ``point`` names the write for the PAPERBUS_FAULT test hook."""
         try:
+            self.db.execute("BEGIN IMMEDIATE")
             yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
+            inject(point, self.path)
+            self.db.execute("COMMIT")
+        except BaseException as e:
+            if self.db.in_transaction:
+                try:
+                    self.db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # SQLite may already have rolled back (SQLITE_FULL/IOERR); the process exits anyway
+            err = disk_error(e, "writing", self.path)
+            if err is not None and err is not e:
+                raise err from e
             raise
-        self.db.execute("COMMIT")
 
     # ------------------------------------------------------------------ runs
     def start_run(self, run_id: str, config_json: str, initial_cash: float) -> float:
@@ -161,7 +181,7 @@ class Ledger:
     # --------------------------------------------------------------- writes
     def insert_order(self, o: Any, day: int | None) -> None:
         """``o`` is an OrderInfo. Raises sqlite3.IntegrityError on a reused cl_id."""
-        with self.txn() as db:
+        with self.txn("ledger.order") as db:
             db.execute(
                 "INSERT INTO orders(order_id, cl_id, symbol, side, qty, filled, order_type, price, tif, status, ts, "
                 "day, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -184,7 +204,7 @@ class Ledger:
         """One transaction: the fill row (FILL_COLS order), its order's status/filled and the position
         (symbol, qty, avg_price, realized, fees) after it."""
         oid, status, filled, reason = order
-        with self.txn() as db:
+        with self.txn("ledger.fill") as db:
             db.execute(f"INSERT INTO fills({', '.join(FILL_COLS)}) VALUES ({', '.join('?' * len(FILL_COLS))})", fill)
             db.execute("UPDATE orders SET status = ?, filled = ?, reason = ?, updated = ? WHERE order_id = ?",
                        (status, filled, reason, time.time_ns(), oid))

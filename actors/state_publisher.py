@@ -33,6 +33,7 @@ import zmq
 from actors.base import Actor, main
 from actors.state_view import KEYS, StateView
 from bus.codec import ProtocolError
+from bus.faults import disk_error
 from bus.fileio import atomic_write
 from bus.messages import (
     AccountUpdate, ActorEvent, Bar, BarBatch, Delta, EndOfData, Fill, InstrumentsReply, InstrumentsRequest,
@@ -244,7 +245,10 @@ class StatePublisher(Actor):
         try:
             write_status(self.status_path, {k: msgspec.msgpack.decode(self._published[k]) for k in KEYS}, self.seq)
         except OSError as e:
-            # A full or read-only disk must not stop the stream; say so and retry on the next change.
+            if disk_error(e) is not None:
+                # The run directory is full or read-only: the system stops in order
+                # (Actor._disk_exit, EXIT_DISK) rather than run on with nothing recorded.
+                raise
             self.log.error("cannot write status.json", error=str(e), path=self.status_path)
         self._status_dirty = False
         self._status_last = now

@@ -30,15 +30,18 @@ from bus.sockets import Endpoints, Port, open_port
 
 DEFAULT_HB_S = 1.0  # until the first snapshot tells us the publisher's heartbeat period
 RETRY_S = 0.5  # pause between reconnect attempts when nothing answers
+PAUSED_S = 1.0  # this long between two looks at the socket: we were not running (SIGSTOP, suspend)
 
 
 class CloneClient:
     def __init__(self, run_dir: str, *, name: str = "monitor", request_timeout: float = 2.0,
                  stale_heartbeats: int = 3, rcvhwm: int | None = None,
-                 drop: Callable[[Delta], bool] | None = None):
+                 drop: Callable[[Delta], bool] | None = None, client_key: str | None = None):
         """``rcvhwm``: SUB queue limit (default from bus.sockets.SPECS).
-        ``drop``: fault injection for tests; a delta it returns True for is treated as lost."""
+        ``drop``: fault injection for tests; a delta it returns True for is treated as lost.
+        ``client_key``: tcp: client secret certificate (default: the one in endpoints.json)."""
         self.rcvhwm = rcvhwm
+        self.client_key = client_key
         self.run_dir = os.path.abspath(run_dir)
         self.request_timeout = request_timeout
         self.stale_heartbeats = stale_heartbeats
@@ -58,6 +61,8 @@ class CloneClient:
         self._req_deadline: float | None = None  # a snapshot request is outstanding until then
         self._need: tuple[str, int] | None = ("join", 0)  # snapshot wanted: (reason, deltas missed)
         self._next_connect = 0.0
+        self._looked = 0.0  # monotonic time of the last look at the socket
+        self._woke = 0.0  # when we last found we had not been running
 
     # ------------------------------------------------------------- properties
     @property
@@ -83,7 +88,7 @@ class CloneClient:
 
     # ------------------------------------------------------------ connection
     def _open(self) -> None:
-        eps = Endpoints.from_run_dir(self.run_dir)
+        eps = Endpoints.from_run_dir(self.run_dir, client_key=self.client_key)
         self.sub = open_port(self.ctx, eps, "state", bind=False, stamper=self.stamper,
                              subscribe=[b"state."], rcvhwm=self.rcvhwm)
         self.snap = open_port(self.ctx, eps, "state.snap", bind=False, stamper=self.stamper)
@@ -121,12 +126,20 @@ class CloneClient:
         self._need = (reason, missed)
 
     # ------------------------------------------------------------------ loop
+    def _look(self) -> float:
+        """monotonic now; a long time since the last look means we were not running."""
+        now = time.monotonic()
+        if self._looked and now - self._looked > PAUSED_S:
+            self._woke = now
+        self._looked = now
+        return now
+
     def step(self, timeout: float) -> bool:
         """Handle the stream for up to ``timeout`` seconds; True if the state changed."""
         deadline = time.monotonic() + timeout
         changed = False
         while True:
-            now = time.monotonic()
+            now = self._look()
             if self.sub is None and now >= self._next_connect:
                 try:
                     self._open()
@@ -158,9 +171,13 @@ class CloneClient:
                     changed |= self._on_snap_reply()
             elif self.sub.sock.poll(int(wait * 1000) + 1):
                 changed |= self._drain_sub()
-            elif self.stale and self.state is not None:
-                # Judged only after finding the queue empty: a client that was
-                # itself paused first reads what is queued (and finds its gap).
+            elif self.stale and self.state is not None and self._look() - self._woke >= self.hb_s:
+                # Judged only after finding the queue empty, and not within a
+                # heartbeat period of our own pause (looked at after the poll: the
+                # stop may have hit inside it): a SIGSTOP stops zmq's I/O thread
+                # too, so right after it the queue looks empty while the kernel
+                # still holds what was sent meanwhile. A client that was itself
+                # paused first reads what is queued (and finds its gap).
                 self._reconnect(f"no message for {self.age:.1f}s")
 
     def _on_snap_reply(self) -> bool:

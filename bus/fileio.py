@@ -5,28 +5,39 @@ from __future__ import annotations
 import os
 import tempfile
 
+from bus.faults import disk_error, inject
+
 
 def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o600) -> None:
     """Write ``data`` to a temp file in the same directory, flush, fsync, os.replace.
 
     Same directory so the rename never crosses a filesystem; the directory is
-    fsynced afterwards so the new name survives a power cut.
+    fsynced afterwards so the new name survives a power cut. On failure the
+    temp file is removed and the old file is untouched; a full or read-only
+    disk raises bus.faults.DiskError naming ``path``.
     """
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
+        inject("write", path)
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+    except BaseException as e:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        err = disk_error(e, "writing", path)
+        if err is not None and err is not e:
+            err.filename = path  # the user's file, not the temp name
+            raise err from e
         raise
     try:
         dfd = os.open(d, os.O_RDONLY)

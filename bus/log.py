@@ -2,12 +2,15 @@
 
 JSON lines go to ``<run-dir>/logs/<process>.jsonl`` (one os.write per line on an
 O_APPEND fd, so a crash never leaves half a line and nothing sits in a buffer).
+A line that cannot be written (full or read-only disk) is counted, never raised;
+a line the disk took only part of is cut off again.
 When stderr is a terminal a readable line is echoed there too.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import os
 import sys
 import traceback
@@ -22,9 +25,27 @@ _enc = msgspec.json.Encoder()
 
 class _Sink:
     def __init__(self, path: str | None, console: bool, min_level: int):
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600) if path else None
+        self.path = path
         self.console = console
         self.min_level = min_level
+        # A full or read-only disk must not kill a process through its logger:
+        # failed writes are counted (write_errors()) and the first is told on stderr.
+        self.errors = 0
+        self.fd = None
+        if path:
+            try:
+                self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            except OSError as e:
+                self._failed(e)
+
+    def _failed(self, e: OSError) -> None:
+        self.errors += 1
+        if self.errors == 1:
+            try:
+                sys.stderr.write(f"cannot write log {self.path}: {e}\n")
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
 
     def write(self, ev: dict[str, Any]) -> None:
         if self.fd is not None:
@@ -33,10 +54,18 @@ class _Sink:
             except (TypeError, ValueError):
                 line = _enc.encode({k: (v if isinstance(v, (str, int, float, bool, type(None))) else repr(v))
                                     for k, v in ev.items()})
+            line += b"\n"
             try:
-                os.write(self.fd, line + b"\n")
-            except OSError:
-                pass  # a full disk must not kill the process through its logger
+                n = os.write(self.fd, line)
+                if n < len(line):
+                    # The disk took only part of the line (nearly full): cut it off again,
+                    # so the file stays whole lines and the next start appends cleanly.
+                    os.ftruncate(self.fd, os.fstat(self.fd).st_size - n)
+                    raise OSError(errno.ENOSPC, f"short write ({n} of {len(line)} bytes)")
+            except OSError as e:
+                self._failed(e)
+        elif self.path:
+            self.errors += 1  # the file could not even be opened
         if self.console:
             # The process's own pid and run_id are in the file, not worth a column
             # here; a pid that names another process (an actor) is shown.
@@ -45,10 +74,14 @@ class _Sink:
                              if k not in ("timestamp", "level", "event", "process", "run_id", "exception")
                              and not (k == "pid" and v == own))
             ts = ev.get("timestamp", "")[11:23]
-            sys.stderr.write(f"{ts} {ev.get('level', ''):7} {ev.get('process', '')}: {ev.get('event', '')} {extra}\n")
-            if "exception" in ev:
-                sys.stderr.write(str(ev["exception"]) + "\n")
-            sys.stderr.flush()
+            try:
+                sys.stderr.write(f"{ts} {ev.get('level', ''):7} {ev.get('process', '')}: {ev.get('event', '')} "
+                                 f"{extra}\n")
+                if "exception" in ev:
+                    sys.stderr.write(str(ev["exception"]) + "\n")
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass  # stderr redirected to a broken disk, or closed
 
 
 class _Logger:
@@ -115,6 +148,11 @@ def setup(run_dir: str | None, process: str, run_id: str = "", level: str = "inf
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(process=process, pid=os.getpid(), run_id=run_id)
     return structlog.get_logger()
+
+
+def write_errors() -> int:
+    """Log lines this process could not write to its file (full or read-only disk)."""
+    return _sink.errors if _sink is not None else 0
 
 
 def bind_run_id(run_id: str) -> None:

@@ -59,6 +59,14 @@ class InitFailed(_Base, **_tag("init-failed")):
     reason: Text
 
 
+class Fatal(_Base, **_tag("fatal")):
+    """Actor -> supervisor just before it exits on an error no restart can fix (a full or
+    read-only run directory, exit code 4): ``reason`` is one line naming the operation,
+    the path and the error. The supervisor stops everything in order and exits 1."""
+
+    reason: Text
+
+
 class Run(_Base, **_tag("run")):
     """Barrier release: every actor is READY, producers may publish."""
 
@@ -110,7 +118,8 @@ class ActorEvent(_Base, **_tag("actor-event")):
     detail: Text = ""
 
 
-LifecycleMsg = Union[Ready, InitFailed, Run, Heartbeat, Stop, Stopped, Command, CommandReply, Finished, ActorEvent]
+LifecycleMsg = Union[Ready, InitFailed, Fatal, Run, Heartbeat, Stop, Stopped, Command, CommandReply, Finished,
+                     ActorEvent]
 
 
 # =============================================================================

@@ -4,7 +4,9 @@ Every endpoint of the system is declared in ``SPECS``: who binds it, with which
 socket types, which channel it carries, its high-water marks and whether it
 faces clients (then MAXMSGSIZE is set so an oversized frame is dropped inside
 libzmq). ``Endpoints`` maps names to addresses: by default ``ipc://`` files in
-the run directory (0700), so two run directories never clash.
+the run directory (0700), so two run directories never clash. tcp endpoints
+are always CurveZMQ (bus/security.py): binders are CURVE servers whose clients a
+ZAP handler checks against the allowed keys, connectors CURVE clients.
 
 Frames on the wire:
   PUB/SUB:        [topic, payload]
@@ -23,6 +25,7 @@ import zmq
 
 from .codec import ProtocolError, Stamper, codec
 from .messages import Envelope
+from .security import CurveKeys, SecurityError, unwatch
 
 LINGER_MS = 200  # bounded: context.term() never hangs on unsent messages
 IPC_PATH_MAX = 100  # sun_path is 108 bytes on Linux; keep a margin
@@ -92,7 +95,8 @@ class Endpoints:
 
     ``transport`` "ipc" (default) puts ``<name>.sock`` files in the run dir;
     "tcp" uses ``tcp_host`` (127.0.0.1 by default) and ``tcp_base_port + i``.
-    ``overrides`` replaces single entries.
+    ``overrides`` replaces single entries. ``curve``: the CurveZMQ keys every
+    tcp endpoint needs (None: a tcp endpoint cannot be opened).
     """
 
     def __init__(
@@ -103,8 +107,10 @@ class Endpoints:
         tcp_base_port: int = 47100,
         overrides: dict[str, str] | None = None,
         check_ipc_len: bool = True,
+        curve: CurveKeys | None = None,
     ):
         self.run_dir = os.path.abspath(os.fspath(run_dir))
+        self.curve = curve
         self._map: dict[str, str] = {}
         for i, name in enumerate(SPECS):
             if transport == "ipc":
@@ -131,11 +137,24 @@ class Endpoints:
     def as_dict(self) -> dict[str, str]:
         return dict(self._map)
 
+    def uses_tcp(self) -> bool:
+        return any(a.startswith("tcp://") for a in self._map.values())
+
+    def published(self) -> dict[str, Any]:
+        """endpoints.json: the map, plus where a client finds the CURVE keys (no secrets)."""
+        d: dict[str, Any] = self.as_dict()
+        if self.curve is not None and self.uses_tcp():
+            d["curve"] = self.curve.published()
+        return d
+
     @classmethod
-    def from_run_dir(cls, run_dir: str | os.PathLike) -> "Endpoints":
+    def from_run_dir(cls, run_dir: str | os.PathLike, client_key: str | None = None) -> "Endpoints":
         """What a client uses: the map the running supervisor published.
 
-        Raises FileNotFoundError/ValueError if there is no readable endpoints.json.
+        Over tcp the CURVE keys come from its "curve" entry; ``client_key`` (a
+        client secret certificate) replaces the installation's client key.
+        Raises FileNotFoundError/ValueError if there is no readable endpoints.json,
+        SecurityError (a ValueError) if a key file cannot be used.
         """
         import json
 
@@ -143,17 +162,29 @@ class Endpoints:
             published = json.load(f)
         if not isinstance(published, dict):
             raise ValueError("endpoints.json is not a JSON object")
-        return cls(run_dir, overrides={k: v for k, v in published.items() if k in SPECS}, check_ipc_len=False)
+        eps = cls(run_dir, overrides={k: v for k, v in published.items() if k in SPECS}, check_ipc_len=False)
+        if eps.uses_tcp() and "curve" in published:
+            eps.curve = CurveKeys.from_published(published["curve"], client_key)
+        return eps
 
     @classmethod
     def from_config(cls, run_dir: str | os.PathLike, bus_cfg: Any) -> "Endpoints":
-        return cls(
+        """The map from the [bus] config; with tcp endpoints its CURVE keys are
+        loaded and checked here (EndpointError naming the file if one cannot be used)."""
+        eps = cls(
             run_dir,
             transport=bus_cfg.transport,
             tcp_host=bus_cfg.tcp_host,
             tcp_base_port=bus_cfg.tcp_base_port,
             overrides=dict(bus_cfg.endpoints),
         )
+        if eps.uses_tcp() and bus_cfg.curve_server_key:
+            try:
+                eps.curve = CurveKeys(bus_cfg.curve_server_key, bus_cfg.curve_client_key,
+                                      bus_cfg.curve_allowed_clients)
+            except SecurityError as e:
+                raise EndpointError(str(e)) from None
+        return eps
 
 
 def ensure_run_dir(path: str | os.PathLike) -> str:
@@ -189,6 +220,7 @@ class Port:
     sock_type: int
     stats: dict[str, int] = field(default_factory=lambda: {"bad": 0, "unroutable": 0, "dropped": 0})
     addr: str = ""
+    curve_server: bool = False  # a CURVE server socket: its monitor is stopped on close
 
     def send(self, msg: Any, *, topic: str | bytes | None = None, to: bytes | None = None,
              delim: bool = False, flags: int = 0) -> bool:
@@ -262,6 +294,8 @@ class Port:
             raise
 
     def close(self) -> None:
+        if self.curve_server:
+            unwatch(self.sock)
         self.sock.close(linger=LINGER_MS)
         # libzmq leaves the ipc file behind; the binder owns it (one binder per
         # run directory, guaranteed by the supervisor's lock), so remove it.
@@ -309,6 +343,16 @@ def open_port(
         s.setsockopt(zmq.IMMEDIATE, 0)
     addr = endpoints[name]
     try:
+        if addr.startswith("tcp://"):
+            # Never plain tcp: without keys this is an error, not an open port.
+            if endpoints.curve is None:
+                raise EndpointError(f"endpoint {name} is {addr}: tcp endpoints need CurveZMQ keys "
+                                    f"(bus.curve_server_key, curve_client_key, curve_allowed_clients; "
+                                    f"make them with `python scripts/ctl.py keygen`)")
+            try:
+                (endpoints.curve.secure_bind if bind else endpoints.curve.secure_connect)(s, name, addr)
+            except SecurityError as e:
+                raise EndpointError(str(e)) from None
         if bind:
             s.bind(addr)
             if addr.startswith("ipc://"):
@@ -318,7 +362,8 @@ def open_port(
     except Exception:
         s.close(linger=0)
         raise
-    return Port(s, name, spec.channel, stamper, "bind" if bind else "connect", st, addr=addr)
+    return Port(s, name, spec.channel, stamper, "bind" if bind else "connect", st, addr=addr,
+                curve_server=bind and addr.startswith("tcp://"))
 
 
 def topic_for(kind: str, symbol: str = "") -> bytes:

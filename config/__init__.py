@@ -47,6 +47,15 @@ class BusCfg(_S):
     tcp_host: str = "127.0.0.1"
     tcp_base_port: Annotated[int, Meta(ge=1024, le=65000)] = 47100
     endpoints: dict[str, str] = {}
+    # CurveZMQ, required as soon as any endpoint is tcp (docs/SECURITY.md). Paths;
+    # load() makes them absolute (relative to the config file's directory, a
+    # --set value to the current directory) so actors reading config.json agree.
+    curve_server_key: str = ""  # server certificate (.key); binders also read <it>_secret
+    curve_client_key: str = ""  # this installation's client secret certificate (.key_secret)
+    curve_allowed_clients: str = ""  # directory of allowed client public certificates (*.key)
+
+
+CURVE_KEYS = ("curve_server_key", "curve_client_key", "curve_allowed_clients")
 
 
 class SupervisorCfg(_S):
@@ -223,8 +232,15 @@ def load_raw(path: str | os.PathLike | None, _seen: tuple[str, ...] = ()) -> tup
 def load(path: str | os.PathLike | None = None, sets: list[str] | None = None) -> Config:
     """Load, apply overrides, validate. Raises ConfigError."""
     doc, where = load_raw(path)
+    bus = doc.get("bus")
+    if isinstance(bus, dict):
+        for k in CURVE_KEYS:
+            if isinstance(bus.get(k), str) and bus[k]:
+                bus[k] = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(where)), bus[k]))
     for item in sets or []:
         keys, value = parse_set(item)
+        if keys[0] == "bus" and keys[-1] in CURVE_KEYS and isinstance(value, str) and value:
+            value = os.path.abspath(value)
         _apply(doc, keys, value, item)
     src = where + (" (with --set overrides)" if sets else "")
     actors = doc.get("actors")
@@ -260,6 +276,15 @@ def validate(cfg: Config, where: str) -> None:
         for n in [key, *group]:
             if n not in names:
                 raise ConfigError(f"{where}: key supervisor.restart_with.{key}: unknown actor {n!r}")
+    tcp = [a for a in [*cfg.bus.endpoints.values(), *cfg.placement.control.values()] if a.startswith("tcp://")]
+    if cfg.bus.transport == "tcp" or tcp:
+        why = "bus.transport = tcp" if cfg.bus.transport == "tcp" else tcp[0]
+        for k in CURVE_KEYS:
+            if not getattr(cfg.bus, k):
+                raise ConfigError(
+                    f"{where}: key bus.{k}: endpoints on tcp ({why}) need CurveZMQ keys: run "
+                    f"`python scripts/ctl.py keygen` and set bus.curve_server_key, bus.curve_client_key "
+                    f"and bus.curve_allowed_clients (docs/SECURITY.md)")
     if cfg.supervisor.backoff_max_ms < cfg.supervisor.backoff_initial_ms:
         raise ConfigError(f"{where}: key supervisor.backoff_max_ms: must be >= backoff_initial_ms")
     start_order(cfg, where)

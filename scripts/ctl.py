@@ -1,8 +1,12 @@
 """paperbus control CLI.
 
-    python scripts/ctl.py [--run-dir DIR] [--json] [--timeout S] COMMAND [ARG]
+    python scripts/ctl.py [--run-dir DIR] [--json] [--timeout S] [--key FILE] COMMAND [ARG]
+    python scripts/ctl.py keygen [DIR] [--force]
 
 Commands: status, pause, resume, stop-and-close, halt, restart ACTOR, shutdown.
+keygen makes the CurveZMQ keys tcp endpoints need (default DIR ./keys; see
+docs/SECURITY.md). --key: a client secret certificate to use over tcp instead
+of the one the supervisor's config names.
 Exit codes: 0 ok, 1 failure (error reply, timeout, no supervisor), 2 usage.
 Every request is answered within --timeout (default 2 s) or reported as a timeout.
 """
@@ -24,9 +28,10 @@ import zmq  # noqa: E402
 
 from bus.codec import ProtocolError, Stamper  # noqa: E402
 from bus.messages import CtlReply, CtlRequest  # noqa: E402
-from bus.sockets import Endpoints, open_port  # noqa: E402
+from bus.security import SecurityError, keygen  # noqa: E402
+from bus.sockets import EndpointError, Endpoints, open_port  # noqa: E402
 
-COMMANDS = ["status", "pause", "resume", "stop-and-close", "halt", "restart", "shutdown"]
+COMMANDS = ["status", "pause", "resume", "stop-and-close", "halt", "restart", "shutdown", "keygen"]
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
@@ -35,18 +40,39 @@ def _lock_holder(run_dir: str):
     return lock_holder(run_dir)
 
 
-def request(run_dir: str, cmd: str, arg: str = "", timeout: float = 2.0) -> CtlReply:
-    """Send one control request; raises RuntimeError with a clear message on failure."""
+def _remote_copy(run_dir: str) -> bool:
+    """A directory holding only a copy of a remote supervisor's endpoints.json
+    (no lock file ever, control on tcp): there is no local lock to ask."""
+    if os.path.exists(os.path.join(run_dir, "supervisor.lock")):
+        return False
+    try:
+        with open(os.path.join(run_dir, "endpoints.json"), "rb") as f:
+            return str(json.load(f).get("control", "")).startswith("tcp://")
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def request(run_dir: str, cmd: str, arg: str = "", timeout: float = 2.0, key: str | None = None) -> CtlReply:
+    """Send one control request; raises RuntimeError with a clear message on failure.
+
+    ``key``: client secret certificate for a tcp control endpoint (default: the
+    one recorded in endpoints.json)."""
     if not os.path.isdir(run_dir):
         raise RuntimeError(f"no run directory {run_dir} (is the supervisor running?)")
-    if _lock_holder(run_dir) is None:
+    if _lock_holder(run_dir) is None and not _remote_copy(run_dir):
         raise RuntimeError(f"no supervisor running in {run_dir}")
     try:
-        endpoints = Endpoints.from_run_dir(run_dir)
+        endpoints = Endpoints.from_run_dir(run_dir, client_key=key)
+    except SecurityError as e:
+        raise RuntimeError(str(e)) from None
     except (OSError, ValueError) as e:
         raise RuntimeError(f"supervisor in {run_dir} has not published its endpoints yet ({e})") from None
     ctx = zmq.Context()
-    port = open_port(ctx, endpoints, "control", bind=False, stamper=Stamper("ctl", run=""))
+    try:
+        port = open_port(ctx, endpoints, "control", bind=False, stamper=Stamper("ctl", run=""))
+    except EndpointError as e:
+        ctx.term()
+        raise RuntimeError(str(e)) from None
     try:
         rid = uuid.uuid4().hex[:12]
         port.send(CtlRequest(id=rid, cmd=cmd, arg=arg))
@@ -83,17 +109,50 @@ def render_status(data: dict) -> str:
     return "\n".join(lines)
 
 
+def _keygen(directory: str, force: bool) -> int:
+    try:
+        made = keygen(directory, force=force)
+    except FileExistsError as e:
+        print(f"ctl: keygen: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    except (NotADirectoryError, OSError) as e:
+        print(f"ctl: keygen: cannot make keys in {os.path.abspath(directory)}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    d, server, client, allowed = (os.path.dirname(made["server"]), made["server"], made["client_secret"],
+                                  made["allowed"])
+    print(f"CurveZMQ keys in {d} (directory 0700):\n"
+          "  server.key          server public certificate: every client needs it\n"
+          "  server.key_secret   server secret (0600): only where endpoints are bound\n"
+          "  client.key          client public certificate\n"
+          "  client.key_secret   client secret (0600): used to connect\n"
+          "  allowed/client.key  the allowed clients; put another client's .key here to let it in\n"
+          "Config ([bus] section, or --set bus.KEY=VALUE):\n"
+          '  transport = "tcp"\n'
+          f'  curve_server_key = "{server}"\n'
+          f'  curve_client_key = "{client}"\n'
+          f'  curve_allowed_clients = "{allowed}"')
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ctl.py", description="paperbus control CLI")
     ap.add_argument("--run-dir", default="run", help="run directory of the supervisor (default ./run)")
     ap.add_argument("--json", action="store_true", help="print the reply as JSON")
     ap.add_argument("--timeout", type=float, default=2.0, help="reply timeout in seconds (default 2)")
+    ap.add_argument("--key", default=None, metavar="FILE",
+                    help="tcp: client secret certificate (.key_secret) to connect with")
+    ap.add_argument("--force", action="store_true", help="keygen: replace existing keys")
     ap.add_argument("command", choices=COMMANDS)
-    ap.add_argument("arg", nargs="?", default="", help="actor name for restart")
+    ap.add_argument("arg", nargs="?", default="", help="actor name for restart; directory for keygen")
     try:
         args = ap.parse_args(argv)
     except SystemExit as e:
         return EXIT_USAGE if e.code else EXIT_OK
+    if args.command == "keygen":
+        return _keygen(args.arg or "keys", args.force)
+    if args.force:
+        print("ctl: --force is only for keygen", file=sys.stderr)
+        return EXIT_USAGE
     if args.command == "restart" and not args.arg:
         print("ctl: restart needs an actor name", file=sys.stderr)
         return EXIT_USAGE
@@ -101,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ctl: {args.command} takes no argument", file=sys.stderr)
         return EXIT_USAGE
     try:
-        rep = request(os.path.abspath(args.run_dir), args.command, args.arg, args.timeout)
+        rep = request(os.path.abspath(args.run_dir), args.command, args.arg, args.timeout, key=args.key)
     except RuntimeError as e:
         print(f"ctl: {e}", file=sys.stderr)
         return EXIT_FAIL

@@ -6,8 +6,10 @@ Default: a live terminal view (rich), redrawn in place. When the publisher goes
 silent the last good state stays on screen marked STALE with its age, and the
 monitor reconnects by itself.
 --once   print one snapshot and exit 0 (exit 1 if nothing answers within --timeout)
---json   one JSON line per update instead of the terminal view
+--json   one JSON line per update instead of the terminal view (with the client's stream
+         counters: snapshots, gaps, missed)
 --count  with --json: exit after N lines
+--key    tcp: a client secret certificate to connect with (default: the installation's)
 """
 
 from __future__ import annotations
@@ -135,8 +137,11 @@ def render(state: dict[str, Any] | None, seq: int, stale: bool, age: float | Non
 
 
 def _json_line(c: CloneClient) -> str:
+    # "client": this monitor's own stream counters (snapshots, gaps, missed deltas), so a
+    # consumer of the lines can see when it resynced and how much it had lost.
     return json.dumps({"run_id": (c.state or {}).get("run_id"), "state_seq": c.seq, "stale": c.stale,
-                       "age_s": None if c.age is None else round(c.age, 3), "state": c.state},
+                       "age_s": None if c.age is None else round(c.age, 3), "client": c.stats,
+                       "state": c.state},
                       separators=(",", ":"))
 
 
@@ -151,13 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="one JSON line per update")
     ap.add_argument("--count", type=int, default=0, help="with --json: exit after this many lines")
     ap.add_argument("--timeout", type=float, default=3.0, help="--once: give up after this many seconds")
+    ap.add_argument("--key", default=None, metavar="FILE",
+                    help="tcp: client secret certificate (.key_secret) to connect with")
     args = ap.parse_args(argv)
     run_dir = os.path.abspath(args.run_dir)
     if not os.path.isdir(run_dir):
         print(f"monitor: no run directory {run_dir} (is the supervisor running?)", file=sys.stderr)
         return EXIT_FAIL
     signal.signal(signal.SIGTERM, _on_term)
-    client = CloneClient(run_dir, request_timeout=min(2.0, args.timeout))
+    client = CloneClient(run_dir, request_timeout=min(2.0, args.timeout), client_key=args.key)
     try:
         if args.once:
             if not client.wait_synced(args.timeout):

@@ -222,3 +222,37 @@ def actor_cmd(module: str, run_dir: str, config_path: str | None = None, name: s
 def read_log(run_dir: str, process: str) -> str:
     p = Path(run_dir) / "logs" / f"{process}.jsonl"
     return p.read_text() if p.exists() else ""
+
+
+def free_ports(n: int) -> int:
+    """A base port with n consecutive free ports on 127.0.0.1 (tests run beside
+    others: every port of the range is probed, not just the first)."""
+    import socket
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + n >= 65000:
+            continue
+        socks = []
+        try:
+            for p in range(base, base + n):
+                t = socket.socket()
+                socks.append(t)
+                t.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for t in socks:
+                t.close()
+    raise RuntimeError("no free port range")
+
+
+def curve_sets(key_dir: str) -> list[str]:
+    """Make CurveZMQ keys in ``key_dir`` (as `ctl.py keygen` does) and return the
+    --set overrides that give a system on tcp those keys."""
+    from bus.security import keygen
+    made = keygen(key_dir)
+    return [f"bus.curve_server_key={made['server']}", f"bus.curve_client_key={made['client_secret']}",
+            f"bus.curve_allowed_clients={made['allowed']}"]

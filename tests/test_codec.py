@@ -19,6 +19,7 @@ POS = m.PositionInfo(symbol="GOOG", qty=-5, avg_price=10.0)
 SAMPLES = {
     m.Ready: m.Ready(info={"instruments": 2}),
     m.InitFailed: m.InitFailed(reason="boom"),
+    m.Fatal: m.Fatal(reason="disk error: writing /run/ledger.sqlite: [Errno 28] No space left on device"),
     m.Run: m.Run(),
     m.Heartbeat: m.Heartbeat(info={"x": 1}),
     m.Stop: m.Stop(reason="bye"),

@@ -16,7 +16,7 @@ import subprocess
 import pytest
 
 from scripts.ctl import request
-from tests.harness import PY, wait_for
+from tests.harness import PY, curve_sets, wait_for
 from tests.sup_util import phase, status
 
 pytestmark = pytest.mark.timeout(120)
@@ -60,6 +60,12 @@ def start(procs, run_dir, here, sets):
     return procs.spawn(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+@pytest.fixture(scope="module")
+def curve(tmp_path_factory):
+    """One deployment's CurveZMQ keys (tcp endpoints require them), shared by both supervisors."""
+    return curve_sets(str(tmp_path_factory.mktemp("keys")))
+
+
 @pytest.fixture
 def two_dirs(run_dir):
     a, b = os.path.join(run_dir, "feed"), os.path.join(run_dir, "books")
@@ -68,9 +74,9 @@ def two_dirs(run_dir):
     return a, b
 
 
-def test_two_supervisors_split_the_actors_and_trade_together(procs, two_dirs):
+def test_two_supervisors_split_the_actors_and_trade_together(procs, two_dirs, curve):
     feed_dir, books_dir = two_dirs
-    sets = sets_for(free_ports(11))
+    sets = sets_for(free_ports(11)) + curve
     # Books first: its exchange waits for market-data, which the feed supervisor runs.
     books = start(procs, books_dir, "books", sets)
     wait_for(lambda: books.poll() is not None or (status(books_dir) or {}).get("phase") == "starting", 20,
@@ -114,8 +120,8 @@ def test_two_supervisors_split_the_actors_and_trade_together(procs, two_dirs):
     (['placement.control={ feed = "tcp://127.0.0.1:47320", books = "ipc:///tmp/x" }'],
      "placement.control.books"),
 ])
-def test_bad_placement_is_a_config_error(procs, run_dir, extra, needle):
-    p = start(procs, run_dir, "feed", sets_for(47300) + extra)
+def test_bad_placement_is_a_config_error(procs, run_dir, extra, needle, curve):
+    p = start(procs, run_dir, "feed", sets_for(47300) + curve + extra)
     assert p.wait(20) == 2
     err = p.stderr.read().decode()
     assert "config error" in err and needle in err, err
