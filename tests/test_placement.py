@@ -10,41 +10,17 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 
 import pytest
 
 from scripts.ctl import request
-from tests.harness import PY, curve_sets, wait_for
+from tests.harness import PY, curve_sets, free_ports, wait_for
 from tests.sup_util import phase, status
 
 pytestmark = pytest.mark.timeout(120)
 
 CONFIG = "config/placement.toml"
-
-
-def free_ports(n: int) -> int:
-    """A base port with n consecutive free ports (other tests may run beside us: probe them all)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n >= 65000:
-            continue
-        socks = []
-        try:
-            for p in range(base, base + n):
-                t = socket.socket()
-                socks.append(t)
-                t.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for t in socks:
-                t.close()
-    raise RuntimeError("no free port range")
 
 
 def sets_for(base: int) -> list[str]:
@@ -91,8 +67,10 @@ def test_two_supervisors_split_the_actors_and_trade_together(procs, two_dirs, cu
     sf, sb = status(feed_dir), status(books_dir)
     assert set(sf["actors"]) == {"market-data", "strategy"}
     assert set(sb["actors"]) == {"paper-exchange", "state-publisher"}
-    assert sf["placement"]["remote"] == {"paper-exchange": {"group": "books", "state": "running"},
-                                         "state-publisher": {"group": "books", "state": "running"}}
+    # Peers are asked every 0.2 s: the last answer may still say READY for a moment.
+    wait_for(lambda: status(feed_dir)["placement"]["remote"] == {
+        "paper-exchange": {"group": "books", "state": "running"},
+        "state-publisher": {"group": "books", "state": "running"}}, 10, "feed sees the books actors running")
     wait_for(lambda: status(books_dir)["placement"]["remote"]["market-data"]["state"] == "running", 10,
              "books sees market-data running")
     # Bars cross from feed to books, orders from feed to books, fills back: trading works.
