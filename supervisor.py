@@ -45,6 +45,7 @@ from bus import log as logmod
 from bus.codec import ProtocolError, Stamper
 from bus.faults import disk_error
 from bus.fileio import atomic_write
+from bus.liveness import RunGap
 from bus.messages import (
     ActorEvent, Command, CommandReply, CtlReply, CtlRequest, Fatal, Finished, Heartbeat, InitFailed, Ready, Run,
     Stop, Stopped,
@@ -258,6 +259,7 @@ class Supervisor:
                    ended=prev.get("ended") or "no (it did not shut down in order; resuming from the ledger)")
         self.hb_s = cfg.supervisor.heartbeat_ms / 1000.0
         self.hb_timeout_s = self.hb_s * cfg.supervisor.heartbeat_misses
+        self._run_gap = RunGap(min(2 * self.hb_s, self.hb_timeout_s / 2))
         self.restart_log: list[float] = []  # times of counted restarts (intensity window)
         self.phase = "starting"  # starting running stopping
         self.exit_code = EXIT_OK
@@ -735,6 +737,18 @@ class Supervisor:
                 self.emit(c)
 
     def check_timeouts(self, now: float) -> None:
+        # Judge silence only on silence seen while we ran (bus/liveness.py): after a
+        # gap of our own every actor gets a fresh window; otherwise heartbeats that
+        # queued up meanwhile are read before anyone is called hung.
+        stalled = self._run_gap.gap(now)
+        if stalled:
+            self.log.warning("supervisor was not running; liveness windows restarted", gap_s=round(stalled, 3))
+            for c in self.children.values():
+                c.last_seen = max(c.last_seen, now)
+        elif any(c.alive and c.state in ("ready", "running") and now - c.last_seen > self.hb_timeout_s
+                 for c in self.children.values()):
+            self.drain()
+            now = time.monotonic()
         for c in self.children.values():
             if not c.alive:
                 continue

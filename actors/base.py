@@ -28,6 +28,7 @@ import config as config_mod
 from bus import log as logmod
 from bus.codec import ProtocolError, Stamper
 from bus.faults import DiskError, disk_error
+from bus.liveness import RunGap
 from bus.messages import (
     Command, CommandReply, Fatal, Heartbeat, InitFailed, Ready, Run, Stop, Stopped,
 )
@@ -93,6 +94,7 @@ class Actor:
         self.stamper = Stamper(self.name, self.run_id)
         self.hb_s = cfg.supervisor.heartbeat_ms / 1000.0
         self.hb_timeout_s = self.hb_s * cfg.supervisor.heartbeat_misses
+        self._run_gap = RunGap(min(2 * self.hb_s, self.hb_timeout_s / 2))
         self.running = False  # True between RUN and STOP
         self._stop_reason: str | None = None
         self._exit_code = EXIT_OK
@@ -254,6 +256,10 @@ class Actor:
             if bad:
                 info = {**info, "bad_messages": bad}
             self._send_lc(Heartbeat(info=info))
+        stalled = self._run_gap.gap(now)
+        if stalled:  # we were not running: the supervisor's silence may be ours (bus/liveness.py)
+            self.log.warning("actor was not running; orphan guard window restarted", gap_s=round(stalled, 3))
+            self._last_sup = max(self._last_sup, now)
         if now - self._last_sup > self.hb_timeout_s:
             self.log.error("supervisor heartbeats stopped; stopping (orphan guard)",
                            silent_s=round(now - self._last_sup, 3))

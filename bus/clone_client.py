@@ -26,6 +26,7 @@ import zmq
 
 from bus.codec import ProtocolError, Stamper
 from bus.messages import Delta, Snapshot, SnapshotRequest, StateError, StateHeartbeat
+from bus.liveness import RunGap
 from bus.sockets import Endpoints, Port, open_port
 
 DEFAULT_HB_S = 1.0  # until the first snapshot tells us the publisher's heartbeat period
@@ -61,7 +62,7 @@ class CloneClient:
         self._req_deadline: float | None = None  # a snapshot request is outstanding until then
         self._need: tuple[str, int] | None = ("join", 0)  # snapshot wanted: (reason, deltas missed)
         self._next_connect = 0.0
-        self._looked = 0.0  # monotonic time of the last look at the socket
+        self._gap = RunGap(PAUSED_S)  # between two looks at the socket
         self._woke = 0.0  # when we last found we had not been running
 
     # ------------------------------------------------------------- properties
@@ -129,9 +130,8 @@ class CloneClient:
     def _look(self) -> float:
         """monotonic now; a long time since the last look means we were not running."""
         now = time.monotonic()
-        if self._looked and now - self._looked > PAUSED_S:
+        if self._gap.gap(now):
             self._woke = now
-        self._looked = now
         return now
 
     def step(self, timeout: float) -> bool:

@@ -262,3 +262,36 @@ def test_every_supervisor_state_is_a_valid_actor_event():
     assert allowed
     internal = {"pending", "starting", "ready", "running", "stopping", "backoff", "exited", "failed"}
     assert {Supervisor.EVENT_STATE.get(s, s) for s in internal} <= allowed
+
+
+@pytest.mark.parametrize("first", ["supervisor", "actors"])
+def test_whole_machine_frozen_is_not_a_hang(procs, run_dir, first):
+    """A frozen machine (VM paused, laptop suspended, CPU starved) stops everyone at
+    once. Whoever runs first afterwards must not blame the others for its own
+    gap: the supervisor kills no actor as hung, no actor exits on its orphan
+    guard, nothing restarts (bus/liveness.py)."""
+    import threading
+    p = start_supervisor(procs, run_dir, sets=["supervisor.heartbeat_ms=50", "supervisor.heartbeat_misses=4"])
+    pids = actor_pids(run_dir)
+    everyone = [p.pid, *pids.values()]
+    for pid in everyone:
+        os.kill(pid, signal.SIGSTOP)
+    # The fault itself: frozen for 5x the 0.2 s hang timeout (not a synchronisation).
+    threading.Event().wait(1.0)
+    order = everyone if first == "supervisor" else [*pids.values(), p.pid]
+    for pid in order:
+        os.kill(pid, signal.SIGCONT)
+    who = "supervisor" if first == "supervisor" else "a"
+    wait_for(lambda: any(e["event"].endswith("was not running; liveness windows restarted")
+                         or e["event"].endswith("orphan guard window restarted")
+                         for e in log_events(run_dir, who)), 5, f"{who} to notice its own gap")
+
+    def fresh():  # every actor heard from since the thaw, same pids, no restart
+        st = status(run_dir)
+        return st and all(a["state"] == "running" and a["restarts"] == 0 and a["heartbeat_age_s"] < 0.2
+                          for a in st["actors"].values()) and actor_pids(run_dir) == pids
+    wait_for(fresh, 5, "actors alive and heard from")
+    events = {e["event"] for e in log_events(run_dir)}
+    assert not events & {"actor hung: heartbeats missed, killing", "actor exited"}, events
+    p.send_signal(signal.SIGINT)
+    assert p.wait(10) == 0
