@@ -34,9 +34,11 @@ from zmq.utils import z85
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 KEYGEN_HINT = "make keys with `python scripts/ctl.py keygen`"
+# MONITOR_STOPPED included: libzmq sends it on close only when asked, and it is
+# what tells the guard to close its end (else one PAIR leaks per closed socket).
 _MONITORED = (zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
               | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-              | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+              | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_MONITOR_STOPPED)
 REPEAT_LOG_S = 10.0  # the same refusal (endpoint + key or reason) is logged at most once per this, with a count
 _PROTOCOL_NAMES = {getattr(zmq, n): n[len("PROTOCOL_ERROR_"):].lower() for n in dir(zmq)
                    if n.startswith("PROTOCOL_ERROR_")}

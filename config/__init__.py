@@ -217,6 +217,11 @@ def load_raw(path: str | os.PathLike | None, _seen: tuple[str, ...] = ()) -> tup
         raise ConfigError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'TOML'}: {e}") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{p}: top level must be a table")
+    bus = doc.get("bus")
+    if isinstance(bus, dict):  # key paths: relative to the file that names them (a base file too)
+        for k in CURVE_KEYS:
+            if isinstance(bus.get(k), str) and bus[k]:
+                bus[k] = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(p)), bus[k]))
     base = doc.pop("base", None)
     if base is not None:
         if not isinstance(base, str):
@@ -232,11 +237,6 @@ def load_raw(path: str | os.PathLike | None, _seen: tuple[str, ...] = ()) -> tup
 def load(path: str | os.PathLike | None = None, sets: list[str] | None = None) -> Config:
     """Load, apply overrides, validate. Raises ConfigError."""
     doc, where = load_raw(path)
-    bus = doc.get("bus")
-    if isinstance(bus, dict):
-        for k in CURVE_KEYS:
-            if isinstance(bus.get(k), str) and bus[k]:
-                bus[k] = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(where)), bus[k]))
     for item in sets or []:
         keys, value = parse_set(item)
         if keys[0] == "bus" and keys[-1] in CURVE_KEYS and isinstance(value, str) and value:

@@ -20,11 +20,13 @@ polls; it never sleeps to synchronise):
 2. no zombie, no orphan: the killed pids are gone (not even zombies), no child
    of the supervisor is a zombie, and the live actor processes of this run
    directory are exactly the four the supervisor reports (= its children);
-3. ledger invariants (``ledger.sqlite`` opened read-only, one read
-   transaction): ``PRAGMA integrity_check`` ok; the positions table and each
-   fill's ``position``/``realized`` equal a replay of the fills table through
-   ``actors.accounting.Account``; per order sum(fill qty) == filled <= qty and
-   every fill matches its order; no duplicate cl_id;
+3. ledger invariants (tests/ledger_check.py, shared with the crash and disk
+   tests; ``ledger.sqlite`` opened read-only, one read transaction):
+   ``PRAGMA integrity_check`` ok; the positions table and each fill's
+   ``position``/``realized`` equal a replay of the fills table through
+   ``actors.accounting.Account``; per order sum(fill qty) == filled <= qty,
+   status filled exactly when fully filled, and every fill matches its order;
+   no duplicate cl_id;
 4. every Fill published on ``exec`` so far is in the ledger with the same
    fill_id, order_id, cl_id, symbol, side, qty, price and fee;
 5. the state-publisher's view (a fresh ``bus.clone_client`` snapshot plus
@@ -61,7 +63,6 @@ import os
 import random
 import shutil
 import signal
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -77,13 +78,14 @@ if ROOT not in sys.path:
 
 import zmq  # noqa: E402
 
-from actors.accounting import Account  # noqa: E402
 from actors.base import set_pdeathsig  # noqa: E402
 from bus.clone_client import CloneClient  # noqa: E402
 from bus.codec import ProtocolError, Stamper  # noqa: E402
 from bus.messages import Fill  # noqa: E402
 from bus.sockets import Endpoints, Port, open_port  # noqa: E402
 from scripts.ctl import request  # noqa: E402
+from tests.harness import proc_stat  # noqa: E402
+from tests.ledger_check import LedgerState, check_published, close_enough, read_ledger  # noqa: E402
 
 ACTORS = ["market-data", "paper-exchange", "state-publisher", "strategy"]
 RESTART_WITH = {"paper-exchange": ["strategy"]}  # must match supervisor.restart_with below
@@ -112,17 +114,6 @@ TOL = 1e-6  # the view rounds money to 6 decimals
 
 
 # ------------------------------------------------------------------ processes
-def proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, ppid, starttime) of a pid, or None when there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            st = f.read()
-    except OSError:
-        return None
-    rest = st[st.rindex(b")") + 2:].split()
-    return rest[0].decode(), int(rest[1]), int(rest[19])
-
-
 def actor_processes(run_dir: str) -> dict[int, tuple[str, int]]:
     """Every process running an actor of this run directory: pid -> (state, ppid)."""
     out = {}
@@ -164,90 +155,6 @@ def same_process(pid: int, starttime: int) -> bool:
 
 
 # --------------------------------------------------------------------- ledger
-@dataclass
-class LedgerState:
-    fills: dict[int, sqlite3.Row]
-    acct: Account
-    n_orders: int
-    open_ids: set[int]
-
-    @property
-    def open_orders(self) -> int:
-        return len(self.open_ids)
-
-
-def close_enough(a: float, b: float, tol: float = 1e-9) -> bool:
-    return math.isclose(a, b, rel_tol=1e-12, abs_tol=tol)
-
-
-def read_ledger(path: str, violations: list[str]) -> LedgerState:
-    """Check the ledger's invariants (appending to ``violations``) and return its replay."""
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
-    db.row_factory = sqlite3.Row
-    try:
-        db.execute("BEGIN")  # one read transaction: a consistent snapshot of every table
-        ic = [r[0] for r in db.execute("PRAGMA integrity_check")]
-        if ic != ["ok"]:
-            violations.append(f"ledger integrity_check: {ic[:5]}")
-        initial = float(db.execute("SELECT value FROM meta WHERE key = 'initial_cash'").fetchone()[0])
-        orders = {r["order_id"]: r for r in db.execute("SELECT * FROM orders")}
-        fills = {r["fill_id"]: r for r in db.execute("SELECT * FROM fills ORDER BY fill_id")}
-        table = {r["symbol"]: r for r in db.execute("SELECT * FROM positions")}
-        dups = db.execute("SELECT cl_id, COUNT(*) FROM orders GROUP BY cl_id HAVING COUNT(*) > 1").fetchall()
-        db.execute("COMMIT")
-    finally:
-        db.close()
-    for cl_id, n in dups:
-        violations.append(f"ledger: cl_id {cl_id!r} used by {n} orders")
-    acct = Account(initial)
-    per_order: dict[int, int] = {}
-    for fid, f in fills.items():
-        res = acct.apply_fill(f["symbol"], f["side"], f["qty"], f["price"], f["fee"], f["ts"], f["multiplier"])
-        if res.position != f["position"] or not close_enough(res.realized, f["realized"]):
-            violations.append(f"ledger: fill {fid} records position {f['position']} realized {f['realized']}, "
-                              f"replay gives {res.position} {res.realized}")
-        per_order[f["order_id"]] = per_order.get(f["order_id"], 0) + f["qty"]
-        o = orders.get(f["order_id"])
-        if o is None:
-            violations.append(f"ledger: fill {fid} references missing order {f['order_id']}")
-        elif (o["cl_id"], o["symbol"], o["side"]) != (f["cl_id"], f["symbol"], f["side"]):
-            violations.append(f"ledger: fill {fid} ({f['cl_id']} {f['symbol']} {f['side']}) does not match order "
-                              f"{o['order_id']} ({o['cl_id']} {o['symbol']} {o['side']})")
-    for oid, o in orders.items():
-        got = per_order.get(oid, 0)
-        if got != o["filled"] or o["filled"] > o["qty"]:
-            violations.append(f"ledger: order {oid} ({o['cl_id']}) qty {o['qty']} filled {o['filled']}, "
-                              f"its fills sum to {got}")
-    for sym in sorted(set(table) | set(acct.positions)):
-        t, p = table.get(sym), acct.positions.get(sym)
-        if t is None or p is None:
-            violations.append(f"ledger: positions table has {sym} {'missing' if t is None else 'without fills'}")
-            continue
-        if t["qty"] != p.qty or not all(close_enough(t[k], getattr(p, k)) for k in ("avg_price", "realized", "fees")):
-            violations.append(f"ledger: positions[{sym}] = qty {t['qty']} avg {t['avg_price']} realized "
-                              f"{t['realized']} fees {t['fees']}; replay of fills gives qty {p.qty} avg "
-                              f"{p.avg_price} realized {p.realized} fees {p.fees}")
-    open_ids = {oid for oid, o in orders.items() if o["status"] in ("new", "partially-filled")}
-    return LedgerState(fills, acct, len(orders), open_ids)
-
-
-FILL_FIELDS = ("order_id", "cl_id", "symbol", "side", "qty", "price", "fee")
-
-
-def check_published(published: dict[int, Fill], led: LedgerState, violations: list[str]) -> int:
-    """Every fill seen on exec is in the ledger, field for field. Returns how many were checked."""
-    for fid, f in published.items():
-        r = led.fills.get(fid)
-        if r is None:
-            violations.append(f"published fill {fid} ({f.symbol} {f.side} {f.qty} @ {f.price}) is not in the ledger")
-            continue
-        bad = [k for k in FILL_FIELDS if getattr(f, k) != r[k]]
-        if bad:
-            violations.append(f"published fill {fid} differs from the ledger in {', '.join(bad)}: "
-                              f"{[getattr(f, k) for k in bad]} vs {[r[k] for k in bad]}")
-    return len(published)
-
-
 def view_diff(state: dict[str, Any], led: LedgerState) -> list[str]:
     """Differences between the state-publisher's view and the ledger's replay ([] = equal)."""
     out = []
@@ -571,7 +478,7 @@ class Chaos:
     def check_strategy(self, n: int, led: LedgerState) -> None:
         """The strategy's own idea of its positions (from its heartbeat status) equals the ledger:
         a strategy that believes a wrong position trades it twice."""
-        want = {s: p.qty for s, p in led.acct.positions.items() if p.qty}
+        want = led.held()
         seen: dict[str, Any] = {}
 
         def equal() -> bool:

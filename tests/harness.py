@@ -55,23 +55,28 @@ def tagged_pids(tag: str) -> list[int]:
                 env = f.read()
             if needle not in env.split(b"\0"):
                 continue
-            with open(f"/proc/{d}/stat", "rb") as f:
-                st = f.read()
-            state = st[st.rindex(b")") + 2:st.rindex(b")") + 3]
-            if state != b"Z":
-                out.append(int(d))
-        except (OSError, ValueError):
+        except OSError:
             continue
+        state = pid_state(int(d))
+        if state is not None and state != "Z":
+            out.append(int(d))
     return out
 
 
-def pid_state(pid: int) -> str | None:
+def proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, ppid, starttime) of a pid from /proc/<pid>/stat, or None when there is no such process."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             st = f.read()
-        return st[st.rindex(b")") + 2:st.rindex(b")") + 3].decode()
     except OSError:
         return None
+    rest = st[st.rindex(b")") + 2:].split()  # after "pid (comm) ": comm may hold spaces and parens
+    return rest[0].decode(), int(rest[1]), int(rest[19])
+
+
+def pid_state(pid: int) -> str | None:
+    st = proc_stat(pid)
+    return st[0] if st is not None else None
 
 
 class Procs:

@@ -16,9 +16,10 @@ import time
 import pytest
 
 from bus.messages import Fill
-from scripts.chaos import check_published, read_ledger, view_diff
+from scripts.chaos import view_diff
 from supervisor import lock_holder
 from tests.harness import Procs
+from tests.ledger_check import check_published, read_ledger
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -80,6 +81,7 @@ def _tampered(run_dir, dst, sql):
     ("UPDATE positions SET qty = qty + 10 WHERE symbol = 'SYN1'", "replay of fills gives"),
     ("UPDATE fills SET price = price + 0.01 WHERE fill_id = 3", "gives"),
     ("UPDATE orders SET filled = qty + 10 WHERE order_id = 2", "its fills sum to"),
+    ("UPDATE orders SET status = 'new' WHERE order_id = 2", "has status new with 10 of 10 filled"),
 ])
 def test_ledger_checks_catch_tampering(chaos_run, tmp_path, sql, expect):
     _, _, run_dir, _ = chaos_run

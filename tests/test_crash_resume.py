@@ -17,18 +17,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
-import subprocess
 
 import pytest
 import zmq
 
-from actors.accounting import Account
 from bus.codec import Stamper
 from bus.messages import OrderAck, Query, QueryReply, SubmitOrder
 from bus.sockets import Endpoints, open_port
-from tests.harness import PY, wait_for
-from tests.sup_util import log_events, phase, status, wait_gone
+from tests.harness import wait_for
+from tests.ledger_check import read_ledger
+from tests.sup_util import log_events, start_supervisor, status, wait_gone
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -38,13 +36,7 @@ SETS = ["market_data.rate_hz=50", "exchange.fill_on=close", "strategy.params={ f
 
 
 def start(procs, run_dir):
-    args = [PY, "supervisor.py", "--run-dir", run_dir]
-    for s in SETS:
-        args += ["--set", s]
-    p = procs.spawn(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    wait_for(lambda: p.poll() is not None or phase(run_dir) == "running", 30, "supervisor running")
-    assert p.poll() is None, f"supervisor exited {p.returncode}: {p.stderr.read().decode()}"
-    return p
+    return start_supervisor(procs, run_dir, config="config/default.toml", sets=SETS, timeout=30)
 
 
 def fills(run_dir: str) -> int:
@@ -53,32 +45,13 @@ def fills(run_dir: str) -> int:
 
 
 def ledger_snapshot(run_dir: str) -> dict:
-    """What the books are, from the ledger alone (read-only)."""
-    db = sqlite3.connect(f"file:{run_dir}/ledger.sqlite?mode=ro", uri=True)
-    db.row_factory = sqlite3.Row
-    try:
-        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        initial = float(db.execute("SELECT value FROM meta WHERE key='initial_cash'").fetchone()[0])
-        acct = Account(initial)
-        fills = db.execute("SELECT * FROM fills ORDER BY fill_id").fetchall()
-        for r in fills:
-            acct.apply_fill(r["symbol"], r["side"], r["qty"], r["price"], r["fee"], r["ts"], r["multiplier"])
-        table = {r["symbol"]: r["qty"] for r in db.execute("SELECT symbol, qty FROM positions")}
-        replay = {s: p.qty for s, p in acct.positions.items()}
-        assert {s: q for s, q in table.items() if q} == {s: q for s, q in replay.items() if q}, \
-            "positions table disagrees with a replay of the fills"
-        over = db.execute("SELECT o.order_id FROM orders o LEFT JOIN (SELECT order_id, SUM(qty) q FROM fills "
-                          "GROUP BY order_id) f ON f.order_id = o.order_id "
-                          "WHERE o.filled > o.qty OR COALESCE(f.q, 0) != o.filled").fetchall()
-        assert not over, f"orders whose fills disagree with filled/qty: {[r[0] for r in over]}"
-        open_orders = sorted(r["cl_id"] for r in db.execute(
-            "SELECT cl_id FROM orders WHERE status IN ('new', 'partial')"))
-        runs = [dict(r) for r in db.execute("SELECT run_id, previous_run_id FROM runs ORDER BY id")]
-        return {"fills": len(fills), "last_fill_id": fills[-1]["fill_id"] if fills else 0,
-                "positions": {s: q for s, q in replay.items() if q}, "cash": round(acct.cash, 2),
-                "open_orders": open_orders, "runs": runs}
-    finally:
-        db.close()
+    """What the books are, from the ledger alone (read-only), its invariants checked (tests/ledger_check.py)."""
+    bad: list[str] = []
+    led = read_ledger(os.path.join(run_dir, "ledger.sqlite"), bad)
+    assert bad == [], bad
+    return {"fills": len(led.fills), "last_fill_id": max(led.fills, default=0), "positions": led.held(),
+            "cash": round(led.acct.cash, 2), "open_orders": sorted(led.orders[i]["cl_id"] for i in led.open_ids),
+            "runs": led.runs}
 
 
 def exchange_port(ctx, run_dir):

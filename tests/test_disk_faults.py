@@ -29,7 +29,6 @@ import pytest
 import zmq
 
 import config as config_mod
-from actors.accounting import Account
 from actors.ledger import Ledger
 from bus import faults
 from bus import log as logmod
@@ -40,6 +39,7 @@ from bus.messages import ActorEvent, Fill, OrderInfo, OrderUpdate
 from bus.sockets import Endpoints, open_port
 from scripts.ctl import request
 from tests.harness import wait_for
+from tests.ledger_check import LedgerState, check_published, read_ledger
 from tests.sup_util import log_events, pid_alive, start_supervisor, status
 
 pytestmark = pytest.mark.timeout(90)
@@ -99,10 +99,11 @@ class Tap:
         self.ctx.term()
 
 
-def ledger_snapshot(run_dir: str) -> dict:
-    """Open a copy of the ledger (db + WAL, as a crash leaves them): integrity, fills, positions, orders.
+def ledger_snapshot(run_dir: str) -> LedgerState:
+    """A copy of the ledger (db + WAL, as a crash leaves them), its invariants checked (tests/ledger_check.py).
 
-    A copy, so the real files are first reopened by the exchange of the next run.
+    A copy, so the real files are first reopened by the exchange of the next run
+    (and a read-only filesystem needs no -shm file created on it).
     """
     d = tempfile.mkdtemp(prefix="pb-ledger-")
     try:
@@ -110,34 +111,16 @@ def ledger_snapshot(run_dir: str) -> dict:
             src = os.path.join(run_dir, "ledger.sqlite" + suffix)
             if os.path.exists(src):
                 shutil.copyfile(src, os.path.join(d, "ledger.sqlite" + suffix))
-        db = sqlite3.connect(os.path.join(d, "ledger.sqlite"))
-        db.row_factory = sqlite3.Row
-        snap = {
-            "integrity": db.execute("PRAGMA integrity_check").fetchone()[0],
-            "fills": [dict(r) for r in db.execute("SELECT * FROM fills ORDER BY fill_id")],
-            "positions": {r["symbol"]: dict(r) for r in db.execute("SELECT * FROM positions")},
-            "orders": {r["order_id"]: dict(r) for r in db.execute("SELECT * FROM orders")},
-        }
-        db.close()
-        return snap
+        bad: list[str] = []
+        led = read_ledger(os.path.join(d, "ledger.sqlite"), bad)
+        assert bad == [], bad
+        return led
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def check_ledger(snap: dict) -> dict[str, int]:
-    """integrity ok; positions table == replay of the fills; every fill's order is filled. Returns held positions."""
-    assert snap["integrity"] == "ok"
-    acct = Account(0.0)
-    for f in snap["fills"]:
-        res = acct.apply_fill(f["symbol"], f["side"], f["qty"], f["price"], f["fee"], f["ts"], f["multiplier"])
-        assert res.position == f["position"], f"fill {f['fill_id']}: booked {f['position']}, replay {res.position}"
-        assert snap["orders"][f["order_id"]]["status"] == "filled", f"fill {f['fill_id']} of an order not filled"
-    for sym, row in snap["positions"].items():
-        p = acct.positions[sym]
-        assert (row["qty"], row["realized"], row["fees"]) == (p.qty, pytest.approx(p.realized), pytest.approx(p.fees))
-        assert row["avg_price"] == pytest.approx(p.avg_price)
-    assert set(snap["positions"]) == set(acct.positions)
-    return {s: p.qty for s, p in acct.positions.items() if p.qty}
+def fill_rows(led: LedgerState) -> list[dict]:
+    return [dict(r) for r in led.fills.values()]
 
 
 def exchange_info(run_dir: str) -> dict:
@@ -176,17 +159,14 @@ def fault_then_recover(procs, run_dir: str, *, env: dict | None, break_disk, fix
         tap.close()
 
     snap = ledger_snapshot(run_dir)
-    held = check_ledger(snap)
-    assert len(snap["fills"]) >= min_fills
+    held = snap.held()
+    assert len(snap.fills) >= min_fills
     # The exec stream was seen from its first message with no gap, and every fill on it is in the ledger.
     assert tap.seqs and tap.seqs[0] == 1 and tap.seqs == list(range(1, len(tap.seqs) + 1)), tap.seqs[:5]
-    booked = {f["fill_id"]: f for f in snap["fills"]}
-    for f in tap.fills:
-        row = booked.get(f.fill_id)
-        assert row is not None, f"published fill {f.fill_id} is not in the ledger"
-        assert (row["order_id"], row["symbol"], row["side"], row["qty"], row["price"]) == (
-            f.order_id, f.symbol, f.side, f.qty, f.price)
-    assert all(snap["orders"][oid]["status"] == "filled" for oid in tap.filled_orders)
+    bad: list[str] = []
+    check_published({f.fill_id: f for f in tap.fills}, snap, bad)
+    assert bad == [], bad
+    assert all(snap.orders[oid]["status"] == "filled" for oid in tap.filled_orders)
     # Not retried: no actor was restarted, and the failing one is reported failed with the reason.
     assert tap.actor_events and not [e for e in tap.actor_events if e.state == "restarting" or e.restarts]
     assert [e for e in tap.actor_events if e.actor == m.group(1) and e.state == "failed" and "disk error" in e.detail]
@@ -196,16 +176,15 @@ def fault_then_recover(procs, run_dir: str, *, env: dict | None, break_disk, fix
     # positions it held (the strategy queries them before its first order), then trading goes on.
     p = start_supervisor(procs, run_dir, config=DEFAULT, sets=TRADE)
     run_id = status(run_dir)["run_id"]
-    assert status(run_dir)["actors"]["paper-exchange"]["info"]["fills"] == len(snap["fills"])
+    assert status(run_dir)["actors"]["paper-exchange"]["info"]["fills"] == len(snap.fills)
     recovered = [e for e in log_events(run_dir, "strategy") if e["event"] == "position recovered"
                  and e["run_id"] == run_id]
     assert recovered and recovered[0]["positions"] == held
-    wait_for(lambda: exchange_info(run_dir).get("fills", 0) > len(snap["fills"]), 60, "trading resumes")
+    wait_for(lambda: exchange_info(run_dir).get("fills", 0) > len(snap.fills), 60, "trading resumes")
     assert request(run_dir, "shutdown", timeout=3.0).ok
     assert p.wait(30) == 0
     after = ledger_snapshot(run_dir)
-    check_ledger(after)
-    assert after["fills"][:len(snap["fills"])] == snap["fills"]
+    assert fill_rows(after)[:len(snap.fills)] == fill_rows(snap)
     return snap, tap, m.group(1)
 
 
@@ -218,7 +197,7 @@ def test_injected_fill_commit_failure_stops_in_order_and_resumes(procs, run_dir)
         expect=r"^\[Errno 28\] No space left on device$")
     # The five committed fills, and not a trace of the sixth: not booked, not published.
     assert actor == "paper-exchange"
-    assert [f["fill_id"] for f in snap["fills"]] == [1, 2, 3, 4, 5]
+    assert list(snap.fills) == [1, 2, 3, 4, 5]
     assert [f.fill_id for f in tap.fills] == [1, 2, 3, 4, 5] and len(tap.filled_orders) == 5
     ev = [e for e in log_events(run_dir, "paper-exchange") if e["event"] == "disk error"]
     assert len(ev) == 1 and ev[0]["op"] == "writing" and ev[0]["path"] == os.path.join(run_dir, "ledger.sqlite")

@@ -22,7 +22,7 @@ import zmq.auth
 import config as config_mod
 from bus.codec import Stamper
 from bus.messages import CtlRequest
-from bus.security import keygen
+from bus.security import CurveKeys, keygen
 from bus.sockets import SPECS, EndpointError, Endpoints, open_port
 from scripts.ctl import request
 from tests.harness import PY, curve_sets, free_ports, wait_for
@@ -278,6 +278,26 @@ def test_no_plain_tcp_socket_can_be_opened(run_dir):
         ctx.term()
 
 
+def test_closing_a_curve_server_releases_its_monitor(run_dir, tmp_path):
+    """Each CURVE server socket has a monitor the ZAP guard reads; closing the socket must close
+    the guard's end too (MONITOR_STOPPED), or every bind/close cycle leaks a socket."""
+    import gc
+    keys = keygen(str(tmp_path / "keys"))
+    ctx = zmq.Context()
+
+    def monitors() -> int:
+        return sum(1 for o in gc.get_objects() if isinstance(o, zmq.Socket) and o.context is ctx
+                   and not o.closed and o.type == zmq.PAIR)
+    try:
+        for _ in range(3):
+            eps = Endpoints(run_dir, overrides={"orders": f"tcp://127.0.0.1:{free_ports(1)}"})
+            eps.curve = CurveKeys(keys["server"], keys["client_secret"], keys["allowed"])
+            open_port(ctx, eps, "orders", bind=True, stamper=Stamper("t", "")).close()
+        wait_for(lambda: monitors() == 0, 10, "the guard to close the monitors of closed sockets")
+    finally:
+        ctx.term()
+
+
 def test_key_paths_are_made_absolute(tmp_path, monkeypatch):
     """Relative key paths: to the config file's directory; in --set, to the current directory."""
     keygen(str(tmp_path / "conf" / "keys"))
@@ -288,6 +308,11 @@ def test_key_paths_are_made_absolute(tmp_path, monkeypatch):
     cfg = config_mod.load(cfg_file)
     assert cfg.bus.curve_server_key == str(tmp_path / "conf" / "keys" / "server.key")
     assert cfg.bus.curve_allowed_clients == str(tmp_path / "conf" / "keys" / "allowed")
+    # Inherited through `base` from another directory: still relative to the file that names them.
+    child = tmp_path / "elsewhere" / "child.toml"
+    child.parent.mkdir()
+    child.write_text('base = "../conf/my.toml"\n')
+    assert config_mod.load(child).bus.curve_server_key == str(tmp_path / "conf" / "keys" / "server.key")
     monkeypatch.chdir(tmp_path)
     cfg = config_mod.load(cfg_file, ["bus.curve_client_key=conf/keys/client.key_secret"])
     assert cfg.bus.curve_client_key == str(tmp_path / "conf" / "keys" / "client.key_secret")
