@@ -59,6 +59,7 @@ RUN_NAME = "run.json"  # this run's id and the one it follows; "ended" once it s
 
 
 PEER_POLL_S = 0.2  # placement: how often a supervisor asks its peers for their actors' states
+PEER_ANSWER_S = 2.0  # placement: an unanswered question to a peer is asked again after this
 
 
 def place(cfg: config_mod.Config, run_dir: str) -> tuple[config_mod.Config, dict[str, str]]:
@@ -281,6 +282,17 @@ class Supervisor:
         self.endpoints = Endpoints.from_config(run_dir, cfg.bus)
         self.effective_cfg = os.path.join(run_dir, "config.json")
         atomic_write(self.effective_cfg, config_mod.to_json_bytes(cfg))
+        self.lifecycle = self.control = self.events = None
+        self.peers: dict[str, Port] = {}
+        try:
+            self._open_ports(run_dir, cfg)
+        except BaseException:
+            # A start that fails after binding (port taken, disk full) leaves no
+            # socket file, no endpoints.json and no open context behind.
+            self.close()
+            raise
+
+    def _open_ports(self, run_dir: str, cfg: config_mod.Config) -> None:
         self.lifecycle = open_port(self.ctx, self.endpoints, "lifecycle", bind=True, stamper=self.stamper)
         self.control = open_port(self.ctx, self.endpoints, "control", bind=True, stamper=self.stamper)
         self.events = open_port(self.ctx, self.endpoints, "events", bind=True, stamper=self.stamper)
@@ -295,8 +307,8 @@ class Supervisor:
         self.poller.register(self.control.sock, zmq.POLLIN)
         self.poller.register(self._wake_r.fileno(), zmq.POLLIN)
         # Placement: a control client per peer supervisor whose actors ours wait on.
-        self.peers: dict[str, Port] = {}
         self._next_peer_poll = 0.0
+        self._peer_wait: dict[str, float] = {}  # group -> until when we wait for its answer
         needed = {self.remote[d] for c in self.children.values() for d in c.cfg.after if d in self.remote}
         for group in sorted(needed):
             bus = msgspec.structs.replace(cfg.bus, endpoints={**cfg.bus.endpoints,
@@ -382,12 +394,18 @@ class Supervisor:
             return
         self._next_peer_poll = now + PEER_POLL_S
         for group, port in self.peers.items():
+            # One question at a time: while a peer is down, requests would queue
+            # up in our socket and reach it in a burst when it comes up.
+            if now < self._peer_wait.get(group, 0.0):
+                continue
             try:
                 port.send(CtlRequest(id=group, cmd="status"), flags=zmq.NOBLOCK)
-            except zmq.Again:  # peer not there yet: the queue is full; ask again later
+                self._peer_wait[group] = now + PEER_ANSWER_S
+            except zmq.Again:  # no connection yet: ask again later
                 pass
 
     def on_peer_reply(self, group: str, msg: Any) -> None:
+        self._peer_wait.pop(group, None)
         if not isinstance(msg, CtlReply) or not msg.ok:
             return
         for name, a in (msg.data.get("actors") or {}).items():
@@ -881,7 +899,12 @@ class Supervisor:
         except OSError:
             pass
         for p in (self.lifecycle, self.control, self.events, *self.peers.values()):
-            p.close()
+            if p is not None:
+                p.close()
+        if getattr(self, "_wake_w", None) is not None:
+            signal.set_wakeup_fd(-1)  # before the fd closes: a late signal must not write to a reused fd
+            self._wake_r.close()
+            self._wake_w.close()
         self.ctx.term()
 
 

@@ -255,6 +255,9 @@ class Actor:
             bad = sum(p.stats["bad"] for p in self._ports)
             if bad:
                 info = {**info, "bad_messages": bad}
+            log_errors = logmod.write_errors()
+            if log_errors:
+                info = {**info, "log_write_errors": log_errors}
             self._send_lc(Heartbeat(info=info))
         stalled = self._run_gap.gap(now)
         if stalled:  # we were not running: the supervisor's silence may be ours (bus/liveness.py)

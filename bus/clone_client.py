@@ -128,7 +128,12 @@ class CloneClient:
 
     # ------------------------------------------------------------------ loop
     def _look(self) -> float:
-        """monotonic now; a long time since the last look means we were not running."""
+        """monotonic now; a long time since the last look means we were not running.
+
+        So callers step() at least every PAUSED_S (monitor.py does, every 0.25 s):
+        one that steps more rarely looks freshly woken at every step, and
+        publisher silence shorter than one step is then never judged.
+        """
         now = time.monotonic()
         if self._gap.gap(now):
             self._woke = now

@@ -61,13 +61,16 @@ SAMPLE_S = 0.25  # sampling period of status / RSS during the windows
 # not in the process's RSS. SLACK covers allocator fragmentation and the
 # Python objects of a busy publisher; growth beyond this means an unbounded queue.
 PER_MSG_BYTES = 8 * 1024
+OVERFLOW_FACTOR = 3  # the stall lasts until the publisher sent this many x pub_hwm deltas
 SLACK_BYTES = 32 * 1024 * 1024
 _MISSING = object()
 
 
 def config_sets(rate_hz: float, pub_hwm: int | None) -> list[str]:
+    # Hang tolerance 5 s (20 x 250 ms): the run loads the machine on purpose, and a
+    # hang detection here would be about CPU starvation, not about the stalled client.
     sets = [f"market_data.rate_hz={rate_hz:g}", "strategy.params={ fast = 2, slow = 4, qty = 10 }",
-            "exchange.fill_on=close"]
+            "exchange.fill_on=close", "supervisor.heartbeat_misses=20"]
     if pub_hwm is not None:
         sets.append(f"state.pub_hwm={pub_hwm}")
     return sets
@@ -369,8 +372,16 @@ class Stall:
         lines_before = self.lines.n
         self.log(f"SIGSTOP monitor (pid {self.mon.pid}) for {r.seconds:g} s ...")
         os.kill(self.mon.pid, signal.SIGSTOP)
+        seq0 = self.ref.seq if self.ref is not None else 0
         try:
             self.window(r.seconds, r.stalled, watch_monitor=True)
+            # A slow machine publishes less: stay stopped until the publisher has
+            # sent well over what its queue and the kernel can hold for us (else
+            # nothing overflowed and the stall proves nothing), within a deadline.
+            deadline = time.monotonic() + max(30.0, 3 * r.seconds)
+            while (self.ref is not None and self.ref.seq - seq0 < OVERFLOW_FACTOR * r.pub_hwm
+                   and time.monotonic() < deadline):
+                self.window(SAMPLE_S, r.stalled, watch_monitor=True)
             r.lines_during_stall = self.lines.n - lines_before
         finally:
             os.kill(self.mon.pid, signal.SIGCONT)

@@ -32,6 +32,22 @@ def status(run_dir: str, timeout: float = 2.0) -> dict | None:
         return None
 
 
+def status_now(run_dir: str, timeout: float = 10.0) -> dict:
+    """The supervisor's status, asking again if one request times out on a loaded machine."""
+    return wait_for(lambda: status(run_dir), timeout, "a status reply")
+
+
+def field(run_dir: str, *keys: str, default=None):
+    """One value of the supervisor's status, or ``default`` when the request timed
+    out (a loaded machine) or the key is not there yet: safe inside wait_for."""
+    d = status(run_dir)
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return default
+        d = d[k]
+    return d
+
+
 def phase(run_dir: str) -> str | None:
     if not os.path.exists(os.path.join(run_dir, "endpoints.json")):
         return None

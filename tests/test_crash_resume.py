@@ -26,11 +26,10 @@ from bus.messages import OrderAck, Query, QueryReply, SubmitOrder
 from bus.sockets import Endpoints, open_port
 from tests.harness import wait_for
 from tests.ledger_check import read_ledger
-from tests.sup_util import log_events, start_supervisor, status, wait_gone
-
-pytestmark = pytest.mark.timeout(240)
+from tests.sup_util import field, log_events, start_supervisor, status_now, wait_gone
 
 ROUNDS = int(os.environ.get("PAPERBUS_CRASH_ROUNDS", "3"))
+pytestmark = pytest.mark.timeout(120 + 40 * ROUNDS)
 SETS = ["market_data.rate_hz=50", "exchange.fill_on=close", "strategy.params={ fast = 2, slow = 4, qty = 10 }",
         "supervisor.heartbeat_ms=100"]
 
@@ -41,7 +40,7 @@ def start(procs, run_dir):
 
 def fills(run_dir: str) -> int:
     # The exchange's status arrives with its heartbeats: empty for a moment after a start.
-    return (status(run_dir) or {}).get("actors", {}).get("paper-exchange", {}).get("status", {}).get("fills", -1)
+    return field(run_dir, "actors", "paper-exchange", "status", "fills", default=-1)
 
 
 def ledger_snapshot(run_dir: str) -> dict:
@@ -69,8 +68,9 @@ def test_supervisor_sigkill_then_restart_resumes_from_the_ledger(procs, run_dir)
     ctx = zmq.Context()
     try:
         sup = start(procs, run_dir)
-        first_run = status(run_dir)["run_id"]
-        assert status(run_dir)["previous_run_id"] is None
+        first = status_now(run_dir)
+        first_run = first["run_id"]
+        assert first["previous_run_id"] is None
         prev_run, prev_snap = first_run, None
         for rnd in range(ROUNDS):
             fills_before = wait_for(lambda: fills(run_dir) + 1, 10, "exchange status") - 1
@@ -83,7 +83,7 @@ def test_supervisor_sigkill_then_restart_resumes_from_the_ledger(procs, run_dir)
             # Mid-run: the strategy is trading (more fills since the restart).
             wait_for(lambda: fills(run_dir) >= fills_before + 3,
                      30, "fills in motion")
-            old = status(run_dir)
+            old = status_now(run_dir)
             old_pids = [a["pid"] for a in old["actors"].values()]
             sup.send_signal(signal.SIGKILL)
             sup.wait(10)
@@ -97,7 +97,7 @@ def test_supervisor_sigkill_then_restart_resumes_from_the_ledger(procs, run_dir)
             assert rec["run_id"] == old["run_id"] and "ended" not in rec
 
             sup = start(procs, run_dir)
-            new = status(run_dir)
+            new = status_now(run_dir)
             assert new["run_id"] != old["run_id"]
             assert new["previous_run_id"] == old["run_id"] and new["previous_clean"] is False
             assert not set(old_pids) & {a["pid"] for a in new["actors"].values()}

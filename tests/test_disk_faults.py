@@ -38,9 +38,9 @@ from bus.fileio import atomic_write
 from bus.messages import ActorEvent, Fill, OrderInfo, OrderUpdate
 from bus.sockets import Endpoints, open_port
 from scripts.ctl import request
-from tests.harness import wait_for
+from tests.harness import PY, wait_for
 from tests.ledger_check import LedgerState, check_published, read_ledger
-from tests.sup_util import log_events, pid_alive, start_supervisor, status
+from tests.sup_util import log_events, pid_alive, start_supervisor, status, status_now
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -137,7 +137,7 @@ def fault_then_recover(procs, run_dir: str, *, env: dict | None, break_disk, fix
     tap = Tap(run_dir)
     try:
         p = start_supervisor(procs, run_dir, config=DEFAULT, sets=TRADE, env=env)
-        actors = status(run_dir)["actors"]
+        actors = status_now(run_dir)["actors"]
         wait_for(lambda: p.poll() is not None or exchange_info(run_dir).get("fills", 0) >= min_fills, 60,
                  f"{min_fills} fills")
         break_disk()
@@ -175,8 +175,9 @@ def fault_then_recover(procs, run_dir: str, *, env: dict | None, break_disk, fix
     # A new supervisor on the same run directory: the exchange reopens the ledger and reports the
     # positions it held (the strategy queries them before its first order), then trading goes on.
     p = start_supervisor(procs, run_dir, config=DEFAULT, sets=TRADE)
-    run_id = status(run_dir)["run_id"]
-    assert status(run_dir)["actors"]["paper-exchange"]["info"]["fills"] == len(snap.fills)
+    st = status_now(run_dir)
+    run_id = st["run_id"]
+    assert st["actors"]["paper-exchange"]["info"]["fills"] == len(snap.fills)
     recovered = [e for e in log_events(run_dir, "strategy") if e["event"] == "position recovered"
                  and e["run_id"] == run_id]
     assert recovered and recovered[0]["positions"] == held
@@ -222,6 +223,19 @@ def test_injected_status_write_failure_stops_in_order(procs, run_dir):
     ev = [e for e in log_events(run_dir, "state-publisher") if e["event"] == "disk error"]
     assert len(ev) == 1 and ev[0]["path"] == os.path.join(run_dir, "status.json")
     assert not glob.glob(os.path.join(run_dir, ".tmp-*"))  # no half-written file left behind
+
+
+@pytest.mark.parametrize("after, what", [(1, "endpoints.json"), (2, "run.json")])
+def test_supervisor_start_failing_after_bind_leaves_nothing_behind(procs, run_dir, after, what):
+    """The supervisor's own write fails once its sockets are bound: a clear error, exit 1,
+    and no socket file, endpoints.json or temp file left for a client to trip over."""
+    p = procs.spawn([PY, "supervisor.py", "--run-dir", run_dir], env={faults.ENV: f"write:ENOSPC:after={after}"},
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert p.wait(20) == 1
+    err = p.stderr.read().decode()
+    assert what in err and "No space left on device" in err, err
+    left = [f for f in os.listdir(run_dir) if f.endswith(".sock") or f == "endpoints.json" or f.startswith(".tmp-")]
+    assert left == [], left
 
 
 @pytest.fixture

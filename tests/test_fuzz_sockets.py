@@ -29,7 +29,7 @@ from bus.messages import SCHEMA_VERSION
 from bus.sockets import Endpoints
 from scripts.ctl import request
 from tests.harness import PY, Procs, wait_for
-from tests.sup_util import status
+from tests.sup_util import field, status
 
 EXAMPLES = int(os.environ.get("PAPERBUS_FUZZ_EXAMPLES", "300"))
 pytestmark = pytest.mark.timeout(180 + EXAMPLES // 10)
@@ -54,11 +54,11 @@ def system(tmp_path_factory):
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: (status(run_dir) or {}).get("phase") == "running", 30, "system running")
-        wait_for(lambda: status(run_dir)["actors"]["paper-exchange"]["status"].get("fills", 0) >= 1, 30, "a fill")
+        wait_for(lambda: field(run_dir, "actors", "paper-exchange", "status", "fills", default=0) >= 1, 30, "a fill")
         assert request(run_dir, "pause", timeout=3).ok
         # paused: no new orders; market orders fill at once, so nothing stays open
-        wait_for(lambda: status(run_dir)["actors"]["paper-exchange"]["status"].get("open_orders") == 0
-                 and status(run_dir)["actors"]["strategy"]["status"].get("state") == "paused", 10, "quiet")
+        wait_for(lambda: field(run_dir, "actors", "paper-exchange", "status", "open_orders") == 0
+                 and field(run_dir, "actors", "strategy", "status", "state") == "paused", 10, "quiet")
         # Taken before any fuzz case: the final test compares against these.
         before = ledger_state(run_dir)
         pids = {n: a["pid"] for n, a in status(run_dir)["actors"].items()}
@@ -202,7 +202,7 @@ def test_after_fuzzing_nothing_died_and_the_ledger_is_unchanged(system):
     # What was dropped was counted, and the count is visible in ctl status.
     assert after["bad_messages"] > 0, "supervisor: bad input not counted"
     for name in ("market-data", "paper-exchange", "state-publisher"):
-        wait_for(lambda: status(run_dir)["actors"][name]["status"].get("bad_messages", 0) > 0, 5,
+        wait_for(lambda: field(run_dir, "actors", name, "status", "bad_messages", default=0) > 0, 5,
                  f"{name} to report its count of bad messages")
     for s in _socks.values():
         s.close()
