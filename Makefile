@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install clean bench
+.PHONY: run test install compile clean bench
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -17,10 +17,15 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-run: $(STAMP)
+# Byte-compile the project: every actor process imports it at start, and with
+# PYTHONDONTWRITEBYTECODE set Python would otherwise compile it again each time.
+compile: $(STAMP)
+	@$(PY) -m compileall -q supervisor.py actors bus config scripts
+
+run: compile
 	$(PY) supervisor.py $(ARGS)
 
-test: $(STAMP)
+test: compile
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -47,8 +47,8 @@ from bus.faults import disk_error
 from bus.fileio import atomic_write
 from bus.liveness import RunGap
 from bus.messages import (
-    ActorEvent, Command, CommandReply, CtlReply, CtlRequest, Fatal, Finished, Heartbeat, InitFailed, Ready, Run,
-    Stop, Stopped,
+    ActorEvent, Command, CommandReply, CtlReply, CtlRequest, Fatal, Finished, Heartbeat, Init, InitFailed, Loaded,
+    Ready, Run, Stop, Stopped,
 )
 from bus.sockets import SPECS, Endpoints, EndpointError, Port, ensure_run_dir, open_port, topic_for
 
@@ -210,6 +210,7 @@ class Child:
     restarts: int = 0
     consecutive: int = 0  # restarts since the last stable period (drives backoff)
     restart_due: float = 0.0
+    init_at: float = 0.0  # monotonic: Init sent (start_timeout for READY counts from here)
     stop_deadline: float = 0.0
     sigterm_sent: bool = False
     restart_after_exit: bool = False  # manual / restart_with: restart regardless of policy, not counted
@@ -342,7 +343,7 @@ class Supervisor:
 
     # ------------------------------------------------------------- children
     # Internal states -> the ActorEvent vocabulary of the protocol.
-    EVENT_STATE = {"pending": "stopped", "backoff": "restarting"}
+    EVENT_STATE = {"pending": "stopped", "backoff": "restarting", "loading": "starting", "loaded": "starting"}
 
     def emit(self, c: Child, detail: str = "") -> None:
         self.events.send(ActorEvent(actor=c.name, state=self.EVENT_STATE.get(c.state, c.state),
@@ -381,6 +382,13 @@ class Supervisor:
         now = time.monotonic()
         c.started_at = c.last_seen = now
         c.sigterm_sent = False
+        self.log.info("actor spawned", actor=c.name, pid=c.pid, module=c.cfg.module)
+        self.set_state(c, "loading")
+
+    def send_init(self, c: Child) -> None:
+        """Its dependencies are READY: the loaded actor may initialise."""
+        self.lifecycle.send(Init(), to=c.name.encode(), flags=zmq.NOBLOCK)
+        c.init_at = time.monotonic()
         self.log.info("actor started", actor=c.name, pid=c.pid, module=c.cfg.module)
         self.set_state(c, "starting")
 
@@ -419,10 +427,12 @@ class Supervisor:
     def start_what_can_start(self, now: float) -> None:
         for name in self.order:
             c = self.children[name]
-            if c.state == "pending" and self.deps_up(c):
+            # Every actor is spawned at once (imports overlap on all cores) and
+            # initialises only when Init comes, once its dependencies are READY.
+            if c.state == "pending" or (c.state == "backoff" and now >= c.restart_due):
                 self.spawn(c)
-            elif c.state == "backoff" and now >= c.restart_due and self.deps_up(c):
-                self.spawn(c)
+            elif c.state == "loaded" and self.deps_up(c):
+                self.send_init(c)
 
     def reap(self) -> None:
         self._sigchld = False
@@ -459,7 +469,7 @@ class Supervisor:
                           next="none (shutting down)")
             self.emit(c, how)
             return
-        if prev in ("starting",) and self.phase == "starting":
+        if prev in ("loading", "loaded", "starting") and self.phase == "starting":
             c.state = "failed"
             self.log.error("actor exited before READY", actor=c.name, pid=c.pid, how=how,
                            uptime_s=round(uptime, 3), next="abort start",
@@ -516,7 +526,7 @@ class Supervisor:
         # Restart dependants together (e.g. the strategy re-queries the exchange).
         for other in self.cfg.supervisor.restart_with.get(c.name, []):
             o = self.children.get(other)
-            if o is not None and o.alive and o.state in ("ready", "running", "starting"):
+            if o is not None and o.alive and o.state in ("ready", "running", "starting", "loading", "loaded"):
                 self.log.info("restarting with", actor=o.name, because=c.name)
                 o.restart_after_exit = True
                 self.stop_child(o, f"restart with {c.name}")
@@ -576,12 +586,21 @@ class Supervisor:
         if isinstance(msg, Heartbeat):
             if msg.info:
                 c.status_info = dict(msg.info)
+        elif isinstance(msg, Loaded):
+            if c.state == "loading":
+                self.log.info("actor loaded", actor=c.name, pid=c.pid, load_s=round(now - c.started_at, 4))
+                self.set_state(c, "loaded")
+                if self.deps_up(c):  # at once, not on the next loop round
+                    self.send_init(c)
+            elif c.state == "stopping":  # told to stop before it had connected: tell it again
+                self.lifecycle.send(Stop(reason="shutdown"), to=c.name.encode(), flags=zmq.NOBLOCK)
         elif isinstance(msg, Ready):
             if c.state != "starting":
                 return
             c.info = dict(msg.info)
             c.ready_at = now
-            self.log.info("actor ready", actor=c.name, pid=c.pid, start_s=round(now - c.started_at, 4), **{
+            self.log.info("actor ready", actor=c.name, pid=c.pid, start_s=round(now - c.started_at, 4),
+                          init_s=round(now - c.init_at, 4), **{
                 k: v for k, v in c.info.items() if isinstance(v, (int, float, str))})
             self.set_state(c, "ready")
             if self.phase == "running" and all(self.children[d].state == "running" for d in c.cfg.after):
@@ -747,7 +766,7 @@ class Supervisor:
         if now >= self._next_hb:
             self._next_hb = now + self.hb_s
             for c in self.children.values():
-                if c.alive and c.state in ("starting", "ready", "running", "stopping"):
+                if c.alive and c.state in ("loaded", "starting", "ready", "running", "stopping"):
                     self.lifecycle.send(Heartbeat(), to=c.name.encode(), flags=zmq.NOBLOCK)
         if now >= self._next_events:
             self._next_events = now + EVENT_REFRESH_S
@@ -763,15 +782,18 @@ class Supervisor:
             self.log.warning("supervisor was not running; liveness windows restarted", gap_s=round(stalled, 3))
             for c in self.children.values():
                 c.last_seen = max(c.last_seen, now)
-        elif any(c.alive and c.state in ("ready", "running") and now - c.last_seen > self.hb_timeout_s
+        elif any(c.alive and c.state in ("loaded", "ready", "running") and now - c.last_seen > self.hb_timeout_s
                  for c in self.children.values()):
             self.drain()
             now = time.monotonic()
         for c in self.children.values():
             if not c.alive:
                 continue
-            if c.state == "starting" and now - c.started_at > c.cfg.start_timeout:
-                why = f"no READY within start_timeout {c.cfg.start_timeout:g}s"
+            late = ((c.state == "starting" and now - c.init_at > c.cfg.start_timeout)
+                    or (c.state == "loading" and now - c.started_at > c.cfg.start_timeout))
+            if late:
+                why = (f"no READY within start_timeout {c.cfg.start_timeout:g}s" if c.state == "starting"
+                       else f"not loaded within start_timeout {c.cfg.start_timeout:g}s")
                 self.log.error("actor start timeout", actor=c.name, pid=c.pid, reason=why)
                 self.kill_child(c, signal.SIGKILL)
                 if self.phase == "starting":
@@ -780,7 +802,7 @@ class Supervisor:
                     self.emit(c, why)
                     self.begin_shutdown(f"{c.name}: {why}", EXIT_FAIL)
                     return
-            elif c.state in ("ready", "running") and now - c.last_seen > self.hb_timeout_s:
+            elif c.state in ("loaded", "ready", "running") and now - c.last_seen > self.hb_timeout_s:
                 self.log.error("actor hung: heartbeats missed, killing", actor=c.name, pid=c.pid,
                                silent_s=round(now - c.last_seen, 3), misses=self.cfg.supervisor.heartbeat_misses)
                 self.kill_child(c, signal.SIGKILL)

@@ -1,6 +1,7 @@
 """The one Actor lifecycle every actor process uses.
 
-    load config -> init() (bind/connect, load data) -> READY -> wait RUN
+    load config -> LOADED -> wait INIT (sent once every actor this one is
+    `after` is READY) -> init() (bind/connect, load data) -> READY -> wait RUN
     -> run loop (one zmq.Poller: lifecycle + the actor's sockets + signal fd;
        heartbeats both ways; timers; background work())
     -> STOP: on_stop() (finish in-flight work, flush) -> STOPPED -> exit 0
@@ -30,7 +31,7 @@ from bus.codec import ProtocolError, Stamper
 from bus.faults import DiskError, disk_error
 from bus.liveness import RunGap
 from bus.messages import (
-    Command, CommandReply, Fatal, Heartbeat, InitFailed, Ready, Run, Stop, Stopped,
+    Command, CommandReply, Fatal, Heartbeat, Init, InitFailed, Loaded, Ready, Run, Stop, Stopped,
 )
 from bus.sockets import Endpoints, Port, Received, open_port
 
@@ -98,6 +99,7 @@ class Actor:
         self.running = False  # True between RUN and STOP
         self._stop_reason: str | None = None
         self._exit_code = EXIT_OK
+        self._init_go = False  # Init received from the supervisor
         self._ports: list[Port] = []
         self._handlers: dict[zmq.Socket, tuple[Port, Callable[[Port, Received], None]]] = {}
         self._timers: list[Timer] = []
@@ -196,6 +198,8 @@ class Actor:
             return
         if isinstance(msg, Stop):
             self.request_stop(msg.reason or "stop from supervisor")
+        elif isinstance(msg, Init):
+            self._init_go = True
         elif isinstance(msg, Run):
             if not self.running:
                 self.running = True
@@ -297,6 +301,17 @@ class Actor:
         try:
             self.lifecycle = self.open("lifecycle", bind=False, identity=self.name,
                                        handler=lambda p, r: self._handle_lifecycle(r))
+            # Imported and connected: wait (heartbeating) for Init, which comes once
+            # what this actor is `after` is READY, so nothing initialises early.
+            self._send_lc(Loaded())
+            while not self._init_go:
+                if self._stop_reason is not None:
+                    self.log.info("stopped before init", reason=self._stop_reason)
+                    if self._exit_code != EXIT_ORPHAN:
+                        self._send_lc(Stopped())
+                    return self._exit_code
+                self._poll_once(self._timeout_ms(time.monotonic(), False))
+                self._housekeeping(time.monotonic())
             t0 = time.monotonic()
             try:
                 info = self.init()

@@ -17,7 +17,18 @@ import traceback
 from typing import Any
 
 import msgspec
-import structlog
+
+# structlog.dev imports rich when it can (~100 ms per process) only to format
+# tracebacks on a terminal; every actor pays it at start. Hide rich while
+# structlog loads, unless this process already uses it (the monitor does).
+if "rich" not in sys.modules:
+    sys.modules["rich"] = None  # type: ignore[assignment]  # makes `import rich` raise ImportError
+    try:
+        import structlog
+    finally:
+        del sys.modules["rich"]
+else:
+    import structlog
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 _enc = msgspec.json.Encoder()

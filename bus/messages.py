@@ -47,6 +47,15 @@ def _tag(name: str):
 # =============================================================================
 # Channel "lifecycle": supervisor ROUTER <-> actor DEALER (identity = actor name)
 # =============================================================================
+class Loaded(_Base, **_tag("loaded")):
+    """Actor -> supervisor: imported and connected, waiting for Init. Actors are
+    spawned at once so their (slow) imports overlap; none initialises early."""
+
+
+class Init(_Base, **_tag("init")):
+    """Supervisor -> actor: what you are ``after`` is READY; run init(), then READY."""
+
+
 class Ready(_Base, **_tag("ready")):
     """Actor finished init; ``info`` carries what status should show (counts...)."""
 
@@ -118,7 +127,7 @@ class ActorEvent(_Base, **_tag("actor-event")):
     detail: Text = ""
 
 
-LifecycleMsg = Union[Ready, InitFailed, Fatal, Run, Heartbeat, Stop, Stopped, Command, CommandReply, Finished,
+LifecycleMsg = Union[Loaded, Init, Ready, InitFailed, Fatal, Run, Heartbeat, Stop, Stopped, Command, CommandReply, Finished,
                      ActorEvent]
 
 

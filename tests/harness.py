@@ -21,7 +21,7 @@ import zmq
 
 import config as config_mod
 from bus.codec import ProtocolError, Stamper
-from bus.messages import Heartbeat, Run, Stop
+from bus.messages import Heartbeat, Init, Loaded, Run, Stop
 from bus.sockets import Endpoints, Received, ensure_run_dir, open_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,6 +157,7 @@ class FakeSupervisor:
         self.port = open_port(self.ctx, self.endpoints, "lifecycle", bind=True, stamper=self.stamper)
         self.events: list[tuple[bytes, Any]] = []
         self.heartbeating = True
+        self.auto_init = True
         self._next_hb = 0.0
 
     def write_config(self, cfg: config_mod.Config | None = None) -> str:
@@ -185,6 +186,8 @@ class FakeSupervisor:
                     continue
                 self.events.append((r.ident, r.msg))
                 got.append(r)
+                if isinstance(r.msg, Loaded) and self.auto_init:  # no dependencies here: go at once
+                    self.port.send(Init(), to=r.ident)
                 if not isinstance(r.msg, Heartbeat):
                     return got
 

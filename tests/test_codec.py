@@ -17,6 +17,8 @@ ACCT = m.AccountInfo(cash=1.0, equity=2.0)
 POS = m.PositionInfo(symbol="GOOG", qty=-5, avg_price=10.0)
 
 SAMPLES = {
+    m.Loaded: m.Loaded(),
+    m.Init: m.Init(),
     m.Ready: m.Ready(info={"instruments": 2}),
     m.InitFailed: m.InitFailed(reason="boom"),
     m.Fatal: m.Fatal(reason="disk error: writing /run/ledger.sqlite: [Errno 28] No space left on device"),

@@ -23,7 +23,7 @@ from bus.messages import (
     QueryReply, Ready, Stopped, SubmitOrder, Tick,
 )
 from bus.sockets import open_port, topic_for
-from tests.harness import FakeSupervisor, actor_cmd, read_log
+from tests.harness import FakeSupervisor, actor_cmd, read_log, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -71,8 +71,9 @@ class Env:
     # -------------------------------------------------------------- process
     def start(self):
         self.proc = self.procs.spawn(actor_cmd("actors.exchange", self.sup.run_dir, self.cfg_path, name=NAME))
-        # Answer the one instrument request the exchange makes in init.
-        assert self.ref.sock.poll(15_000), "exchange never asked for instruments"
+        # Answer the one instrument request the exchange makes in init (after our Init).
+        wait_for(lambda: self.sup.pump(0.01) is not None and self.ref.sock.poll(0), 15,
+                 "the exchange to ask for instruments")
         r = self.ref.recv()
         assert isinstance(r.msg, InstrumentsRequest)
         self.ref.send(InstrumentsReply(instruments=INSTRUMENTS), to=r.ident, delim=r.delim)

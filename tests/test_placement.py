@@ -16,7 +16,7 @@ import pytest
 
 from scripts.ctl import request
 from tests.harness import PY, curve_sets, free_ports, wait_for
-from tests.sup_util import phase, status
+from tests.sup_util import field, log_events, phase, status
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -62,9 +62,10 @@ def test_two_supervisors_split_the_actors_and_trade_together(procs, two_dirs, cu
     books = start(procs, books_dir, "books", sets)
     wait_for(lambda: books.poll() is not None or (status(books_dir) or {}).get("phase") == "starting", 20,
              "books supervisor up")
-    st = status(books_dir)
-    assert st["actors"]["paper-exchange"]["state"] == "pending"  # waiting on the remote market-data
-    assert st["placement"]["remote"]["market-data"]["state"] == "unknown"
+    # Loaded (imports done), but not initialised: it waits on the remote market-data.
+    wait_for(lambda: field(books_dir, "actors", "paper-exchange", "state") == "loaded", 20, "exchange loaded")
+    assert field(books_dir, "placement", "remote", "market-data", "state") == "unknown"
+    assert not any(e["event"] == "actor started" for e in log_events(books_dir))
     feed = start(procs, feed_dir, "feed", sets)
     for p, d in ((feed, feed_dir), (books, books_dir)):
         wait_for(lambda: p.poll() is not None or phase(d) == "running", 40, f"{d} running")
@@ -82,7 +83,9 @@ def test_two_supervisors_split_the_actors_and_trade_together(procs, two_dirs, cu
     wait_for(lambda: (status(books_dir) or {"actors": {}})["actors"].get("paper-exchange", {}).get("status", {})
              .get("fills", 0) >= 3, 30,
              "fills on the books host")
-    assert status(feed_dir)["actors"]["strategy"]["status"]["orders_sent"] >= 3
+    # (the strategy's status reaches its supervisor with its next heartbeat)
+    wait_for(lambda: field(feed_dir, "actors", "strategy", "status", "orders_sent", default=0) >= 3, 10,
+             "the strategy's orders counted on the feed host")
     # Commands go to the supervisor that runs the actor; the other part is skipped, not failed.
     r = request(feed_dir, "pause", timeout=5)
     assert r.ok, r.error
