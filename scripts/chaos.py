@@ -82,13 +82,13 @@ from actors.base import set_pdeathsig  # noqa: E402
 from bus.clone_client import CloneClient  # noqa: E402
 from bus.codec import ProtocolError, Stamper  # noqa: E402
 from bus.messages import Fill  # noqa: E402
+import config as config_mod  # noqa: E402
 from bus.sockets import Endpoints, Port, open_port  # noqa: E402
 from scripts.ctl import request  # noqa: E402
 from tests.harness import proc_stat  # noqa: E402
 from tests.ledger_check import LedgerState, check_published, close_enough, read_ledger  # noqa: E402
 
 ACTORS = ["market-data", "paper-exchange", "state-publisher", "strategy"]
-RESTART_WITH = {"paper-exchange": ["strategy"]}  # must match supervisor.restart_with below
 SETS = [
     "strategy.plugin=actors.strategies.pingpong:PingPong",
     "strategy.params={ qty = 10 }",
@@ -103,6 +103,8 @@ SETS = [
     "supervisor.stable_seconds=2",
     'supervisor.restart_with={ paper-exchange = ["strategy"] }',
 ]
+# Who restarts with whom, read from SETS exactly as the supervisor will read it.
+RESTART_WITH = config_mod.load(None, SETS).supervisor.restart_with
 START_TIMEOUT_S = 30.0
 RECOVER_TIMEOUT_S = 30.0
 GONE_TIMEOUT_S = 5.0

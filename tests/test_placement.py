@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 
 import pytest
 
 from scripts.ctl import request
-from tests.harness import PY, curve_sets, free_ports, wait_for
-from tests.sup_util import field, log_events, phase, status
+from tests.harness import curve_sets, free_ports, wait_for
+from tests.sup_util import field, log_events, phase, start_supervisor, status
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,10 +29,8 @@ def sets_for(base: int) -> list[str]:
 
 
 def start(procs, run_dir, here, sets):
-    args = [PY, "supervisor.py", "--config", CONFIG, "--run-dir", run_dir, "--set", f"placement.here={here}"]
-    for s in sets:
-        args += ["--set", s]
-    return procs.spawn(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return start_supervisor(procs, run_dir, config=CONFIG, sets=[f"placement.here={here}", *sets],
+                            wait_running=False)
 
 
 def remote(run_dir):
