@@ -86,6 +86,7 @@ import config as config_mod  # noqa: E402
 from bus.sockets import Endpoints, Port, open_port  # noqa: E402
 from scripts.ctl import request  # noqa: E402
 from tests.harness import proc_stat  # noqa: E402
+from tests.sup_util import status as sup_status  # noqa: E402
 from tests.ledger_check import LedgerState, check_published, close_enough, read_ledger  # noqa: E402
 
 ACTORS = ["market-data", "paper-exchange", "state-publisher", "strategy"]
@@ -274,10 +275,7 @@ class Chaos:
     def status(self) -> dict | None:
         if not self.sup_alive():
             raise Interrupted(f"the supervisor exited with code {self.sup.returncode if self.sup else None}")
-        try:
-            return request(self.run_dir, "status", timeout=CTL_TIMEOUT_S).data
-        except RuntimeError:
-            return None
+        return sup_status(self.run_dir, CTL_TIMEOUT_S)
 
     def ctl(self, cmd: str, timeout: float) -> str:
         """Send a ctl command until it succeeds; returns '' or the last error."""

@@ -49,7 +49,7 @@ from bus.clone_client import CloneClient  # noqa: E402
 from bus.messages import Delta  # noqa: E402
 from scripts.ctl import request  # noqa: E402
 from tests.harness import pid_state, wait_for  # noqa: E402
-from tests.sup_util import log_events, phase  # noqa: E402
+from tests.sup_util import log_events, phase, status  # noqa: E402
 
 PY = sys.executable
 ACTORS = ("market-data", "paper-exchange", "state-publisher", "strategy")
@@ -253,10 +253,7 @@ class Stall:
 
     # ------------------------------------------------------------ plumbing
     def status(self) -> dict[str, Any] | None:
-        try:
-            return request(self.run_dir, "status", timeout=2.0).data
-        except RuntimeError:
-            return None
+        return status(self.run_dir)
 
     def pump(self, seconds: float) -> None:
         """Keep the reference current and read the monitor's lines for ``seconds``."""

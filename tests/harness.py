@@ -233,15 +233,20 @@ def read_log(run_dir: str, process: str) -> str:
 
 
 def free_ports(n: int) -> int:
-    """A base port with n consecutive free ports on 127.0.0.1 (tests run beside
-    others: every port of the range is probed, not just the first)."""
+    """A base port with n consecutive free ports on 127.0.0.1, below the kernel's
+    ephemeral range: a port from that range can be taken by any outgoing
+    connection (our own actors' tcp connects included) between the probe and the
+    bind. Every port of the range is probed, not just the first."""
+    import random
     import socket
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    low = 10_000 if ephemeral_low - n > 10_000 else 1024
     for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n >= 65000:
-            continue
+        base = random.randrange(low, ephemeral_low - n)
         socks = []
         try:
             for p in range(base, base + n):

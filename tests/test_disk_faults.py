@@ -40,7 +40,7 @@ from bus.sockets import Endpoints, open_port
 from scripts.ctl import request
 from tests.harness import PY, wait_for
 from tests.ledger_check import LedgerState, check_published, read_ledger
-from tests.sup_util import log_events, pid_alive, start_supervisor, status, status_now
+from tests.sup_util import field, log_events, pid_alive, start_supervisor, status_now
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -124,8 +124,7 @@ def fill_rows(led: LedgerState) -> list[dict]:
 
 
 def exchange_info(run_dir: str) -> dict:
-    st = status(run_dir) or {"actors": {}}
-    return st["actors"].get("paper-exchange", {}).get("status", {})
+    return field(run_dir, "actors", "paper-exchange", "status", default={})
 
 
 def fault_then_recover(procs, run_dir: str, *, env: dict | None, break_disk, fix_disk, expect: str,

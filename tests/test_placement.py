@@ -52,18 +52,30 @@ def two_dirs(run_dir):
     return a, b
 
 
-def test_two_supervisors_split_the_actors_and_trade_together(procs, two_dirs, curve):
+@pytest.mark.parametrize("first", ["books", "feed"])
+def test_two_supervisors_split_the_actors_and_trade_together(procs, two_dirs, curve, first):
+    """Either supervisor may start first: each waits for the peer's actors its own depend on."""
     feed_dir, books_dir = two_dirs
     sets = sets_for(free_ports(11)) + curve
-    # Books first: its exchange waits for market-data, which the feed supervisor runs.
-    books = start(procs, books_dir, "books", sets)
-    wait_for(lambda: books.poll() is not None or (status(books_dir) or {}).get("phase") == "starting", 20,
-             "books supervisor up")
-    # Loaded (imports done), but not initialised: it waits on the remote market-data.
-    wait_for(lambda: field(books_dir, "actors", "paper-exchange", "state") == "loaded", 20, "exchange loaded")
-    assert field(books_dir, "placement", "remote", "market-data", "state") == "unknown"
-    assert not any(e["event"] == "actor started" for e in log_events(books_dir))
-    feed = start(procs, feed_dir, "feed", sets)
+    if first == "books":
+        # Its exchange waits for market-data, which the feed supervisor runs.
+        books = start(procs, books_dir, "books", sets)
+        wait_for(lambda: books.poll() is not None or (status(books_dir) or {}).get("phase") == "starting", 20,
+                 "books supervisor up")
+        # Loaded (imports done), but not initialised: it waits on the remote market-data.
+        wait_for(lambda: field(books_dir, "actors", "paper-exchange", "state") == "loaded", 20, "exchange loaded")
+        assert field(books_dir, "placement", "remote", "market-data", "state") == "unknown"
+        assert not any(e["event"] == "actor started" for e in log_events(books_dir))
+        feed = start(procs, feed_dir, "feed", sets)
+    else:
+        # market-data becomes READY on its own; the strategy waits for the remote exchange
+        # and state-publisher, so market-data is held before RUN and publishes nothing yet.
+        feed = start(procs, feed_dir, "feed", sets)
+        wait_for(lambda: feed.poll() is not None or field(feed_dir, "actors", "market-data", "state") == "ready", 20,
+                 "market-data READY")
+        assert field(feed_dir, "actors", "strategy", "state") in ("loading", "loaded")  # not initialised
+        assert field(feed_dir, "phase") == "starting"
+        books = start(procs, books_dir, "books", sets)
     for p, d in ((feed, feed_dir), (books, books_dir)):
         wait_for(lambda: p.poll() is not None or phase(d) == "running", 40, f"{d} running")
         assert p.poll() is None, p.stderr.read().decode()
