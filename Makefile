@@ -28,5 +28,6 @@ run: compile
 test: compile
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Never a run directory: it holds a ledger (positions, cash, every fill) and results.
 clean:
-	rm -rf $(VENV) run build *.egg-info
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

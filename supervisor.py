@@ -40,6 +40,7 @@ import msgspec
 import zmq
 
 import config as config_mod
+from actors import rundir
 from actors.base import EXIT_DISK
 from bus import log as logmod
 from bus.codec import ProtocolError, Stamper
@@ -91,6 +92,11 @@ def place(cfg: config_mod.Config, run_dir: str) -> tuple[config_mod.Config, dict
                 f"placement: endpoint {name} (bound by {spec.binder}) is {eps[name]}: actors under the other "
                 f"supervisors cannot reach it; set bus.transport = \"tcp\" or bus.endpoints.{name}")
     return eff, remote
+
+
+def new_run_id() -> str:
+    """Time-ordered and unique: sorting run ids sorts runs by start (ctl runs, backtest dirs)."""
+    return dt.datetime.now().strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
 
 
 def read_previous_run(run_dir: str) -> dict:
@@ -169,17 +175,20 @@ class Progress:
         self.last_draw = 0.0
         self.drawn = False
 
-    def update(self, now: float, md: "Child | None") -> None:
-        if md is None or now - self.last_draw < 0.2:
+    def update(self, now: float, md: "Child | None", final: bool = False) -> None:
+        """Redraw (at most every 0.2 s); ``final``: the run is complete, draw it whole."""
+        if md is None or (now - self.last_draw < 0.2 and not final):
             return
         st = md.status_info
         done = int(st.get("fseq", 0) or 0)
+        total = int(md.info.get("total", 0) or 0)  # READY info of a replay
+        if final and total:
+            done = total  # the heartbeat that reports the last bars may not have come yet
         if not done:
             return
         if not self.t0:
             self.t0 = now
         self.last_draw = now
-        total = int(md.info.get("total", 0) or 0)  # READY info of a replay
         rate = done / max(now - self.t0, 1e-6)
         if total:
             frac = min(done / total, 1.0)
@@ -193,9 +202,11 @@ class Progress:
         self.drawn = True
 
     def close(self) -> None:
+        """End the bar's line, once: whatever is printed next starts on a line of its own."""
         if self.drawn:
             self.out.write("\n")
             self.out.flush()
+            self.drawn = False
 
 
 @dataclass
@@ -238,7 +249,7 @@ class CtlJob:
 
 class Supervisor:
     def __init__(self, cfg: config_mod.Config, run_dir: str, config_path: str,
-                 remote: dict[str, str] | None = None):
+                 remote: dict[str, str] | None = None, run_id: str | None = None):
         self.cfg = cfg
         self.remote = remote or {}  # placement: actor -> group of the supervisor that runs it
         self.remote_state: dict[str, str] = {}  # last state each peer reported for its actors
@@ -246,7 +257,7 @@ class Supervisor:
         self.config_path = config_path
         self.order = config_mod.start_order(cfg, config_path)
         self.children = {n: Child(n, cfg.actors[n]) for n in self.order}
-        self.run_id = dt.datetime.now().strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+        self.run_id = run_id or new_run_id()
         self.log = logmod.setup(run_dir, "supervisor", self.run_id, cfg.service.log_level,
                                 console=sys.stderr.isatty() or None)
         # Link this run to the one before it in the same directory. A record
@@ -267,7 +278,7 @@ class Supervisor:
         self.exit_code = EXIT_OK
         self.shutdown_reason = ""
         self.started_mono = time.monotonic()
-        self.since = dt.datetime.now().isoformat(timespec="seconds")
+        self.since = dt.datetime.now().astimezone().isoformat(timespec="seconds")
         self.cmd_id = 0
         self.jobs: list[CtlJob] = []
         self._force = False  # a second SIGINT/SIGTERM during shutdown: kill at once
@@ -300,6 +311,9 @@ class Supervisor:
         atomic_write(os.path.join(run_dir, ENDPOINTS_NAME),  # + where clients find the CURVE keys (no secret)
                      json.dumps(self.endpoints.published(), indent=2).encode())
         self.write_run_record()
+        rundir.append_history(run_dir, {"run_id": self.run_id, "previous_run_id": self.previous_run_id,
+                                        "mode": self.cfg.service.mode, "start": self.since, "pid": os.getpid(),
+                                        "config": self.config_path})
         self._wake_r, self._wake_w = socket.socketpair()
         for s in (self._wake_r, self._wake_w):
             s.setblocking(False)
@@ -611,10 +625,15 @@ class Supervisor:
         elif isinstance(msg, Stopped):
             self.log.info("actor stopped", actor=c.name, pid=c.pid)
         elif isinstance(msg, Finished):
-            self.log.info("actor finished", actor=c.name, **{k: v for k, v in msg.summary.items()
-                                                             if isinstance(v, (int, float, str))})
+            if self.progress is not None:  # its last state, then its own line ends
+                self.progress.update(now, self.children.get("market-data"), final=True)
+                self.progress.close()
+            s = msg.summary
+            # Short: the summary and where the results are follow on stdout.
+            self.log.info("backtest finished", bars=s.get("bars"), fills=s.get("fills"),
+                          final_equity=s.get("final_equity"))
             if self.backtest and self._stop_request is None:
-                self.finished_text = msg.text
+                self.finished_text = msg.text + f"\nresults       {self.run_dir}"
                 self._stop_request = f"backtest finished ({c.name})"
         elif isinstance(msg, CommandReply):
             for job in self.jobs:
@@ -904,8 +923,10 @@ class Supervisor:
         self.log.info("supervisor exiting", exit_code=self.exit_code, reason=self.shutdown_reason,
                       shutdown_s=round(time.monotonic() - t0, 4))
         try:
-            self.write_run_record(ended=dt.datetime.now().isoformat(timespec="seconds"), exit_code=self.exit_code,
-                                  reason=self.shutdown_reason)
+            ended = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+            self.write_run_record(ended=ended, exit_code=self.exit_code, reason=self.shutdown_reason)
+            rundir.append_history(self.run_dir, {"run_id": self.run_id, "end": ended, "exit_code": self.exit_code,
+                                                 "reason": self.shutdown_reason})
         except OSError as e:  # the run is over either way; the next start just sees it as unclean
             self.log.error("cannot record the end of the run", error=str(e))
         if self.progress is not None:
@@ -952,9 +973,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"supervisor: config error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     run_dir = os.path.abspath(args.run_dir or cfg.service.run_dir)
+    run_id = new_run_id()
     try:
+        # A run directory belongs to one mode: checked before anything in it is touched.
+        rundir.check_mode(run_dir, cfg.service.mode)
+    except rundir.ModeError as e:
+        print(f"supervisor: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        if cfg.service.mode == "backtest":
+            # Each backtest in a directory of its own under the backtest run dir:
+            # results are never overwritten and never mixed with another run's.
+            base = run_dir
+            os.makedirs(base, mode=0o700, exist_ok=True)
+            run_dir = os.path.join(base, run_id)
         ensure_run_dir(run_dir)
         lock_fd = acquire_lock(run_dir)
+        if cfg.service.mode == "backtest":
+            rundir.point_latest(base, run_id)
     except AlreadyRunning as e:
         print(f"supervisor: {e}", file=sys.stderr)
         return EXIT_FAIL
@@ -963,7 +999,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAIL
     try:
         cfg, remote = place(cfg, run_dir)
-        sup = Supervisor(cfg, run_dir, str(args.config or config_mod.DEFAULT_PATH), remote)
+        sup = Supervisor(cfg, run_dir, str(args.config or config_mod.DEFAULT_PATH), remote, run_id=run_id)
     except config_mod.ConfigError as e:
         print(f"supervisor: config error: {e}", file=sys.stderr)
         return EXIT_CONFIG

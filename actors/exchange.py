@@ -109,16 +109,11 @@ class PaperExchange(Actor):
         self.export_dirty = False
         self.last_export = 0.0
 
-        ledger_path = os.path.join(self.run_dir, "ledger.sqlite")
-        if self.cfg.service.mode == "backtest":
-            # A backtest starts from nothing: a ledger left by an earlier run in
-            # this directory would otherwise be rebuilt into this one. (The
-            # supervisor never restarts actors in backtest mode.)
-            for suffix in ("", "-wal", "-shm"):
-                if os.path.exists(ledger_path + suffix):
-                    os.unlink(ledger_path + suffix)
-        self.ledger = Ledger(ledger_path)
-        initial = self.ledger.start_run(self.run_id, msgspec.json.encode(self.cfg).decode(), x.initial_cash)
+        # A backtest runs in a directory of its own (actors/rundir.py), so its
+        # ledger is new; a ledger of the other mode is refused, never deleted.
+        self.ledger = Ledger(os.path.join(self.run_dir, "ledger.sqlite"))
+        initial = self.ledger.start_run(self.run_id, msgspec.json.encode(self.cfg).decode(), x.initial_cash,
+                                        mode=self.cfg.service.mode)
         self.acct = Account(initial)
 
         # Backtest state (see the module docstring).
@@ -427,8 +422,10 @@ class PaperExchange(Actor):
         text, summary = "no bars", {}
         try:
             if self.equity_rows:
+                money = max((self._decimals(sym)[1] for sym in self.instruments), default=2)
                 summary = report.write_results(self.run_dir, self.equity_rows, self.acct.trips, fills,
-                                               self.pos_rows, title=f"paperbus backtest {self.run_id}", log=self.log)
+                                               self.pos_rows, title=f"paperbus backtest {self.run_id}", log=self.log,
+                                               money_decimals=money)
                 text = report.format_text_summary(summary)
         except Exception as e:  # reported by the loop: the run must not hang on it
             self._results["error"] = f"{type(e).__name__}: {e}"
@@ -598,21 +595,37 @@ class PaperExchange(Actor):
             self._export()
 
     def _export(self) -> None:
+        """fills.csv and trades.csv, for people: ISO-8601 UTC times beside the ns
+        columns, prices to the tick size's decimals and money to the instrument's
+        precision (report.decimals). The ledger keeps the exact values."""
         self.export_dirty = False
         self.last_export = time.monotonic()
+        dec = self._decimals
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["fill_id", "order_id", "cl_id", "symbol", "side", "qty", "price", "fee", "ts", "multiplier",
-                    "position", "realized"])
-        w.writerows(tuple(r) for r in self.ledger.fills())
+        w.writerow(["fill_id", "order_id", "cl_id", "symbol", "side", "qty", "price", "fee", "ts", "time",
+                    "multiplier", "position", "realized"])
+        for r in self.ledger.fills():
+            pd, md = dec(r["symbol"])
+            w.writerow((r["fill_id"], r["order_id"], r["cl_id"], r["symbol"], r["side"], r["qty"],
+                        f"{r['price']:.{pd}f}", f"{r['fee']:.{md}f}", r["ts"], report.iso(r["ts"]),
+                        r["multiplier"], r["position"], f"{r['realized']:.{md}f}"))
         atomic_write(os.path.join(self.run_dir, "fills.csv"), buf.getvalue().encode())
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["symbol", "side", "qty", "entry_ts", "entry_price", "exit_ts", "exit_price", "pnl", "fees",
-                    "net_pnl"])
-        w.writerows((t.symbol, t.side, t.qty, t.entry_ts, t.entry_price, t.exit_ts, t.exit_price, t.pnl, t.fees,
-                     t.net) for t in self.acct.trips)
+        w.writerow(["symbol", "side", "qty", "entry_ts", "entry_time", "entry_price", "exit_ts", "exit_time",
+                    "exit_price", "pnl", "fees", "net_pnl"])
+        for t in self.acct.trips:
+            pd, md = dec(t.symbol)
+            w.writerow((t.symbol, t.side, t.qty, t.entry_ts, report.iso(t.entry_ts), f"{t.entry_price:.{pd}f}",
+                        t.exit_ts, report.iso(t.exit_ts), f"{t.exit_price:.{pd}f}", f"{t.pnl:.{md}f}",
+                        f"{t.fees:.{md}f}", f"{t.net:.{md}f}"))
         atomic_write(os.path.join(self.run_dir, "trades.csv"), buf.getvalue().encode())
+
+    def _decimals(self, symbol: str) -> tuple[int, int]:
+        """(price decimals, money decimals) of an instrument: report.decimals of its tick size."""
+        inst = self.instruments.get(symbol)
+        return report.decimals(inst.tick_size if inst is not None else 0.01)
 
     # --------------------------------------------------------------- control
     def on_command(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -651,7 +664,7 @@ class PaperExchange(Actor):
         except (OSError, sqlite3.Error) as e:
             self.log.error("final export failed", error=str(e))
         try:
-            self.ledger.end_run()  # a DiskError here ends the actor with EXIT_DISK (Actor.serve)
+            self.ledger.end_run(self.acct.equity)  # a DiskError here ends the actor with EXIT_DISK (Actor.serve)
         finally:
             self.ledger.close()
 

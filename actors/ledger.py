@@ -2,8 +2,11 @@
 
 Tables:
   runs(id, run_id, start, end, config,        one row per exchange process start; previous_run_id
-       previous_run_id)                       links a new supervisor run to the one before it
-  meta(key, value)                            initial_cash, paused, halted
+       previous_run_id, first_fill_id,        links a new supervisor run to the one before it;
+       end_equity)                            first_fill_id / end_equity let `ctl runs` say what
+                                              each run traded and how it ended
+  meta(key, value)                            initial_cash, mode (live | backtest: a ledger
+                                              belongs to one, actors/rundir.py), paused, halted
   orders(order_id, cl_id UNIQUE, ...)         every accepted order and its current status
   fills(fill_id, order_id, ...)               every fill, with the multiplier it was booked at
   positions(symbol, qty, avg_price, ...)      derived; written in the fill's transaction and
@@ -19,6 +22,7 @@ fails (a full or read-only disk: bus.faults.DiskError) is rolled back whole, COM
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -33,7 +37,9 @@ CREATE TABLE IF NOT EXISTS runs (
     start INTEGER NOT NULL,
     "end" INTEGER,
     config TEXT NOT NULL,
-    previous_run_id TEXT
+    previous_run_id TEXT,
+    first_fill_id INTEGER,
+    end_equity REAL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS orders (
@@ -81,6 +87,10 @@ FILL_COLS = ("fill_id", "order_id", "cl_id", "symbol", "side", "qty", "price", "
              "realized")
 
 
+class LedgerModeError(RuntimeError):
+    """A live run on a backtest ledger, or the other way round."""
+
+
 class Ledger:
     def __init__(self, path: str):
         self.path = path
@@ -97,10 +107,11 @@ class Ledger:
                 for stmt in SCHEMA.split(";"):
                     if stmt.strip():
                         self.db.execute(stmt)
-                # Ledgers written before runs.previous_run_id existed gain the column.
+                # Ledgers written before these columns existed gain them.
                 cols = {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}
-                if "previous_run_id" not in cols:
-                    self.db.execute("ALTER TABLE runs ADD COLUMN previous_run_id TEXT")
+                for col, typ in (("previous_run_id", "TEXT"), ("first_fill_id", "INTEGER"), ("end_equity", "REAL")):
+                    if col not in cols:
+                        self.db.execute(f"ALTER TABLE runs ADD COLUMN {col} {typ}")
         except sqlite3.Error as e:
             err = disk_error(e, "opening", path)
             if err is None:
@@ -131,28 +142,48 @@ class Ledger:
             raise
 
     # ------------------------------------------------------------------ runs
-    def start_run(self, run_id: str, config_json: str, initial_cash: float) -> float:
+    def start_run(self, run_id: str, config_json: str, initial_cash: float, mode: str = "live") -> float:
         """Record this process start; returns the ledger's initial cash (set by the first run only).
+
+        A ledger belongs to one mode (``live`` or ``backtest``), recorded by its first
+        run; a run of the other mode raises LedgerModeError before writing anything
+        (the supervisor refuses such a directory earlier, actors/rundir.py: this is
+        the last line of defence).
 
         ``previous_run_id`` is the last other run that wrote this ledger: a
         supervisor restarted after a crash resumes the same books under a new
         run_id, and this row says which run it continues. Exchange restarts
         within one run add rows with the same run_id and the same link.
         """
+        have = self.meta("mode")
+        if have is None:
+            row = self.db.execute("SELECT config FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+            if row is not None:  # a ledger from before meta.mode: its runs' config says it
+                try:
+                    have = json.loads(row[0]).get("service", {}).get("mode")
+                except (ValueError, AttributeError):
+                    have = None
+        if have is not None and have != mode:
+            raise LedgerModeError(f"{self.path} is a {have} ledger; a {mode} run cannot use it")
         with self.txn() as db:
             db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('initial_cash', ?)", (repr(float(initial_cash)),))
+            db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('mode', ?)", (mode,))
+            first_fill = db.execute("SELECT COALESCE(MAX(fill_id), 0) + 1 FROM fills").fetchone()[0]
             row = db.execute("SELECT run_id FROM runs WHERE run_id != ? ORDER BY id DESC LIMIT 1",
                              (run_id,)).fetchone()
             self.previous_run_id = row[0] if row else None
-            cur = db.execute("INSERT INTO runs(run_id, start, config, previous_run_id) VALUES (?, ?, ?, ?)",
-                             (run_id, time.time_ns(), config_json, self.previous_run_id))
+            cur = db.execute("INSERT INTO runs(run_id, start, config, previous_run_id, first_fill_id) "
+                             "VALUES (?, ?, ?, ?, ?)",
+                             (run_id, time.time_ns(), config_json, self.previous_run_id, first_fill))
             self.run_row = cur.lastrowid
         return float(self.meta("initial_cash"))
 
-    def end_run(self) -> None:
+    def end_run(self, equity: float | None = None) -> None:
+        """The run ended in order; ``equity`` is the account's equity at that moment."""
         if self.run_row is not None:
             with self.txn() as db:
-                db.execute('UPDATE runs SET "end" = ? WHERE id = ?', (time.time_ns(), self.run_row))
+                db.execute('UPDATE runs SET "end" = ?, end_equity = ? WHERE id = ?',
+                           (time.time_ns(), equity, self.run_row))
 
     def meta(self, key: str, default: str | None = None) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

@@ -62,7 +62,11 @@ NS_PER_S = 1_000_000_000
 NS_PER_DAY = 86_400 * NS_PER_S
 YEAR_NS = 365.25 * NS_PER_DAY
 TRADING_DAYS = 252
-FILE_MODE = 0o644  # results are meant to be read by other users and tools
+FILE_MODE = 0o600  # like everything in a run directory: private to the user (the directory is 0700 anyway)
+RATIO_DECIMALS = 10  # ratios in summary.json: enough for any figure, none of binary float noise
+# summary.json keys that are money: rounded to the instrument's precision (decimals()).
+MONEY_KEYS = ("initial_equity", "final_equity", "gross_profit", "gross_loss", "net_trade_pnl", "avg_trade_pnl",
+              "best_trade_pnl", "worst_trade_pnl", "fees")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +96,30 @@ def iso(ts_ns: int) -> str:
     us = (ts_ns % NS_PER_S) // 1000
     s = d.strftime("%Y-%m-%dT%H:%M:%S")
     return f"{s}.{us:06d}Z" if us else f"{s}Z"
+
+
+def decimals(tick_size: float) -> tuple[int, int]:
+    """(price decimals, money decimals) for an instrument with this tick size.
+
+    Prices are shown to the tick's decimals (0.01 -> 2, 0.5 -> 1, 0.0001 -> 4); money to
+    at least cents, more when the tick is finer (a 0.0001 tick shows PnL to 4 decimals).
+    The ledger keeps the exact values; these are for the files a person reads.
+    """
+    pd = 0
+    t = float(tick_size)
+    while pd < 10 and abs(t * 10**pd - round(t * 10**pd)) > 1e-9 * max(1.0, t * 10**pd):
+        pd += 1
+    return pd, max(2, pd)
+
+
+def rounded(summary: dict[str, Any], money_decimals: int = 2) -> dict[str, Any]:
+    """summary with money rounded to ``money_decimals`` and ratios to RATIO_DECIMALS (for summary.json)."""
+    out = {}
+    for k, v in summary.items():
+        if isinstance(v, float):
+            v = round(v, money_decimals if k in MONEY_KEYS else RATIO_DECIMALS) + 0.0  # -0.0 -> 0.0
+        out[k] = v
+    return out
 
 
 def _validate(equity: Sequence[tuple[int, float]], positions: Sequence[int] | None) -> None:
@@ -290,10 +318,12 @@ def write_equity_csv(
     path: str | os.PathLike,
     equity: Sequence[tuple[int, float]],
     positions: Sequence[int] | None = None,
+    money_decimals: int = 2,
 ) -> None:
     """equity.csv: ts (ns), time (UTC ISO), equity, drawdown[, position]; one row per bar.
 
-    Floats are written with repr(): exact round trip and byte-identical across runs.
+    Equity to ``money_decimals``, drawdown (a fraction) to RATIO_DECIMALS: what a
+    person reads, and byte-identical across runs.
     """
     _validate(equity, positions)
     buf = io.StringIO()
@@ -301,7 +331,7 @@ def write_equity_csv(
     w.writerow(["ts", "time", "equity", "drawdown"] + (["position"] if positions is not None else []))
     dd = drawdowns([float(v) for _, v in equity])
     for i, (t, v) in enumerate(equity):
-        row = [t, iso(t), repr(float(v)), repr(dd[i])]
+        row = [t, iso(t), f"{float(v):.{money_decimals}f}", repr(round(dd[i], RATIO_DECIMALS) + 0.0)]
         if positions is not None:
             row.append(int(positions[i]))
         w.writerow(row)
@@ -429,10 +459,15 @@ def write_results(
     title: str = "",
     bars_per_year_override: float | None = None,
     log: Any = None,
+    money_decimals: int = 2,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """equity.csv, summary.json and report.png in ``run_dir``; returns the summary."""
-    summary = summarize(equity, trips, fills, positions, bars_per_year_override=bars_per_year_override)
-    write_equity_csv(os.path.join(run_dir, "equity.csv"), equity, positions)
+    """equity.csv, summary.json and report.png in ``run_dir``; returns the summary as written
+    (money rounded to ``money_decimals``, see ``rounded``), with ``extra`` keys added."""
+    summary = rounded(summarize(equity, trips, fills, positions, bars_per_year_override=bars_per_year_override),
+                      money_decimals)
+    summary.update(extra or {})
+    write_equity_csv(os.path.join(run_dir, "equity.csv"), equity, positions, money_decimals)
     write_summary_json(os.path.join(run_dir, "summary.json"), summary)
     write_report_png(os.path.join(run_dir, "report.png"), equity, title=title, log=log)
     return summary

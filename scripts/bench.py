@@ -301,6 +301,7 @@ def backtest_throughput(n: int, tmp: str) -> dict:
     sets = [f"market_data.path={data}", f"market_data.instruments={inst}", "market_data.symbol=BENCH",
             "market_data.timestamp_column=ts", "market_data.chunk_rows=100000"]
     p, t0 = _start("config/backtest.toml", run_dir, sets)
+    base, run_dir = run_dir, os.path.join(run_dir, "latest")  # each backtest has its own directory
     rss: dict[str, int] = {}
     while p.poll() is None:  # sample peak RSS while it runs
         st = _status(run_dir) if os.path.exists(os.path.join(run_dir, "endpoints.json")) else None
@@ -314,7 +315,7 @@ def backtest_throughput(n: int, tmp: str) -> dict:
     wall = time.time() - t0
     ev = _log(run_dir)
     t_run = next((_ts(e) for e in ev if e["event"] == "all actors running"), None)
-    t_end = next((_ts(e) for e in ev if e["event"] == "actor finished"), None)
+    t_end = next((_ts(e) for e in ev if e["event"] == "backtest finished"), None)
     if t_run is None or t_end is None:
         why = next((e.get("reason") for e in reversed(ev) if e["event"] == "supervisor exiting"), "unknown")
         raise RuntimeError(f"backtest of {n:,} bars failed (exit {p.returncode}): {why}")

@@ -2,9 +2,12 @@
 
     python scripts/ctl.py [--run-dir DIR] [--json] [--timeout S] [--key FILE] COMMAND [ARG]
     python scripts/ctl.py keygen [DIR] [--force]
+    python scripts/ctl.py runs [--run-dir DIR] [--json]
 
 Commands: status, pause, resume, stop-and-close, halt, restart ACTOR, shutdown.
-keygen makes the CurveZMQ keys tcp endpoints need (default DIR ./keys; see
+runs lists every run of a run directory, live and backtest, from its files
+(no supervisor needed): run_id, previous run, mode, start, end, exit code,
+fills, final equity. keygen makes the CurveZMQ keys tcp endpoints need (default DIR ./keys; see
 docs/SECURITY.md). --key: a client secret certificate to use over tcp instead
 of the one the supervisor's config names.
 Exit codes: 0 ok, 1 failure (error reply, timeout, no supervisor), 2 usage.
@@ -31,7 +34,7 @@ from bus.messages import CtlReply, CtlRequest  # noqa: E402
 from bus.security import SecurityError, keygen  # noqa: E402
 from bus.sockets import EndpointError, Endpoints, open_port  # noqa: E402
 
-COMMANDS = ["status", "pause", "resume", "stop-and-close", "halt", "restart", "shutdown", "keygen"]
+COMMANDS = ["status", "pause", "resume", "stop-and-close", "halt", "restart", "shutdown", "runs", "keygen"]
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
@@ -109,6 +112,42 @@ def render_status(data: dict) -> str:
     return "\n".join(lines)
 
 
+def render_runs(runs: list[dict]) -> str:
+    """The run history as a table; what nobody recorded shows as "-", never as 0."""
+    def cell(v, fmt="{}"):
+        return "-" if v is None else fmt.format(v)
+
+    lines = [f"{'RUN_ID':22} {'PREVIOUS':22} {'MODE':8} {'START':19} {'END':19} {'EXIT':>4} {'FILLS':>6} "
+             f"{'FINAL EQUITY':>16}"]
+    for r in runs:
+        start = (r.get("start") or "-")[:19]
+        end = (r.get("end") or ("running" if r.get("running") else "-"))[:19]
+        lines.append(f"{r['run_id']:22} {cell(r.get('previous_run_id')):22} {cell(r.get('mode')):8} {start:19} "
+                     f"{end:19} {cell(r.get('exit_code')):>4} {cell(r.get('fills')):>6} "
+                     f"{cell(r.get('final_equity'), '{:,.2f}'):>16}")
+    return "\n".join(lines)
+
+
+def _runs(run_dir: str, as_json: bool) -> int:
+    from actors.rundir import list_runs, read_json
+
+    if not os.path.isdir(run_dir):
+        print(f"ctl: no run directory {run_dir}", file=sys.stderr)
+        return EXIT_FAIL
+    runs = list_runs(run_dir)
+    for r in runs:  # a run with no end: running now (its supervisor holds the lock), or killed
+        if r["end"] is None:
+            r["running"] = (_lock_holder(r["dir"]) is not None
+                            and read_json(os.path.join(r["dir"], "run.json")).get("run_id") == r["run_id"])
+    if as_json:
+        print(json.dumps(runs))
+    elif not runs:
+        print(f"no runs in {run_dir}")
+    else:
+        print(render_runs(runs))
+    return EXIT_OK
+
+
 def _keygen(directory: str, force: bool) -> int:
     try:
         made = keygen(directory, force=force)
@@ -150,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE if e.code else EXIT_OK
     if args.command == "keygen":
         return _keygen(args.arg or "keys", args.force)
+    if args.command == "runs":
+        if args.arg:
+            print("ctl: runs takes no argument (use --run-dir)", file=sys.stderr)
+            return EXIT_USAGE
+        return _runs(os.path.abspath(args.run_dir), args.json)
     if args.force:
         print("ctl: --force is only for keygen", file=sys.stderr)
         return EXIT_USAGE

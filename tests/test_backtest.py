@@ -25,23 +25,25 @@ def run_backtest(procs, run_dir, *sets):
 
 
 def read(run_dir, name):
-    with open(os.path.join(run_dir, name), "rb") as f:
+    """A result of the latest backtest: each backtest writes into <run_dir>/<run_id>/, `latest` links the newest."""
+    with open(os.path.join(run_dir, "latest", name), "rb") as f:
         return f.read()
 
 
 def test_backtest_end_to_end_and_parity_with_backtrader(procs, run_dir):
     out = run_backtest(procs, run_dir)
+    res = os.path.join(run_dir, "latest")
     for name in ("fills.csv", "trades.csv", "equity.csv", "summary.json", "report.png"):
-        assert os.path.getsize(os.path.join(run_dir, name)) > 0, name
+        assert os.path.getsize(os.path.join(res, name)) > 0, name
     assert read(run_dir, "report.png")[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads(read(run_dir, "summary.json"))
-    with open(os.path.join(run_dir, "equity.csv")) as f:
+    with open(os.path.join(res, "equity.csv")) as f:
         assert sum(1 for _ in f) == 2148 + 1  # one row per bar, plus the header
     assert "1,108,409.28" in out and "win rate" in out  # the text summary is printed at the end
 
     # Parity: same fills (date, side, qty, price) and final equity to the cent as backtrader
     bt = run_backtrader()
-    with open(os.path.join(run_dir, "fills.csv")) as f:
+    with open(os.path.join(res, "fills.csv")) as f:
         ours = [(dt.datetime.fromtimestamp(int(r["ts"]) / 1e9, dt.timezone.utc).date().isoformat(), r["side"],
                  int(r["qty"]), float(r["price"])) for r in csv.DictReader(f)]
     theirs = [(x.date, x.side, x.qty, x.price) for x in bt.fills]
@@ -59,10 +61,11 @@ def test_backtest_is_deterministic(procs, run_dir):
         run_backtest(procs, second)
         for name in ("fills.csv", "trades.csv", "equity.csv"):
             assert read(run_dir, name) == read(second, name), name
-        # a rerun in the same directory starts from an empty ledger and gives the same files
+        # a rerun in the same backtest directory gets a directory (and an empty ledger) of its own
         first = read(run_dir, "fills.csv")
         run_backtest(procs, run_dir)
         assert read(run_dir, "fills.csv") == first
+        assert len([d for d in os.listdir(run_dir) if d != "latest"]) == 2
     finally:
         import shutil
         shutil.rmtree(second, ignore_errors=True)

@@ -193,7 +193,7 @@ def test_equity_csv(tmp_path):
     rows = list(csv.reader(p.open()))
     assert rows[0] == ["ts", "time", "equity", "drawdown", "position"]
     assert len(rows) == 7
-    assert rows[1] == [str(T0), "2021-01-04T00:00:00Z", "100.0", "0.0", "0"]
+    assert rows[1] == [str(T0), "2021-01-04T00:00:00Z", "100.00", "0.0", "0"]  # money to the cent
     assert float(rows[3][2]) == 99.0 and float(rows[3][3]) == pytest.approx(0.1)
     assert rows[5][4] == "-100"
     first = p.read_bytes()
