@@ -611,6 +611,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         run_dir = tempfile.mkdtemp(prefix="chaos-", dir="/tmp")  # short: ipc paths must fit sun_path
     signal.signal(signal.SIGTERM, _on_sigterm)
+    # Python leaves SIGINT ignored when it was ignored at exec (a `cmd &` in a
+    # non-interactive shell, nohup): Ctrl+C / kill -INT must stop us in order anyway.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     chaos = Chaos(run_dir, args.seed)
     interrupted = ""
     try:

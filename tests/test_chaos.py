@@ -122,8 +122,11 @@ def test_published_and_view_checks_catch_differences(chaos_run, tmp_path):
 
 
 def test_ctrl_c_shuts_everything_down(procs, run_dir):
+    # Started with SIGINT ignored, as a `cmd &` of a non-interactive shell is (CI, scripts):
+    # Ctrl+C / kill -INT must still stop it in order.
     p = procs.python("scripts/chaos.py", "--minutes", "5", "--seed", "7", "--run-dir", run_dir,
-                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     # Wait for the first completed kill round on the script's output (a pipe, with a deadline).
     buf = b""
     deadline = time.monotonic() + 60
