@@ -16,7 +16,10 @@ Modelled on Erlang/OTP supervision with systemd-style readiness:
   us) and die with us (PR_SET_PDEATHSIG set in the child, see actors/base.py).
 
 Exit codes: 0 clean shutdown, 1 failure (start failure, restart intensity,
-an actor's disk error, already running), 2 config error.
+an actor's disk error, already running), 2 config error (ours, or an actor's
+refusal of the user's input at start: actors.base.UserError, actor exit code 2).
+On any failure the last line on stderr is ``supervisor: <reason>``, the reason
+in the failing actor's own words.
 """
 
 from __future__ import annotations
