@@ -68,11 +68,7 @@ class _Sink:
     def _failed(self, e: OSError) -> None:
         self.errors += 1
         if self.errors == 1:
-            try:
-                sys.stderr.write(f"cannot write log {self.path}: {e}\n")
-                sys.stderr.flush()
-            except (OSError, ValueError):
-                pass
+            console_write(f"cannot write log {self.path}: {e}\n", self)
 
     def write(self, ev: dict[str, Any]) -> None:
         if self.fd is not None:

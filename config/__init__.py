@@ -241,8 +241,8 @@ def load_raw(path: str | os.PathLike | None, _seen: tuple[str, ...] = (),
     except FileNotFoundError:
         if _named_by is not None:
             by, base = _named_by
-            raise ConfigError(f"{by}: key base: {base!r}: file not found: {p} (a path is relative to {by.resolve().parent}; "
-                              f"built-in configs: {', '.join(repr(n) for n in BUILTIN)})") from None
+            raise ConfigError(f"{by}: key base: {base!r}: file not found: {p} (a path is relative to "
+                              f"{by.resolve().parent}; built-in configs: {', '.join(repr(n) for n in BUILTIN)})") from None
         raise ConfigError(f"config file not found: {p}") from None
     except OSError as e:
         where = f"{_named_by[0]}: key base: " if _named_by is not None else ""
