@@ -16,7 +16,10 @@ Modelled on Erlang/OTP supervision with systemd-style readiness:
   us) and die with us (PR_SET_PDEATHSIG set in the child, see actors/base.py).
 
 Exit codes: 0 clean shutdown, 1 failure (start failure, restart intensity,
-an actor's disk error, already running), 2 config error.
+an actor's disk error, already running), 2 config error (ours, or an actor's
+refusal of the user's input at start: actors.base.UserError, actor exit code 2).
+On any failure the last line on stderr is ``supervisor: <reason>``, the reason
+in the failing actor's own words.
 """
 
 from __future__ import annotations
@@ -107,6 +110,7 @@ def read_previous_run(run_dir: str) -> dict:
         return rec if isinstance(rec, dict) and isinstance(rec.get("run_id"), str) else {}
     except (OSError, ValueError):
         return {}
+FINAL_LINE_WAIT_S = 2.0  # how long the last line may wait for a console that is not read
 CTL_DEADLINE_S = 1.5  # answer the CLI before its 2 s timeout even if an actor is silent
 EVENT_REFRESH_S = 1.0  # republish every actor's state so late subscribers catch up
 
@@ -225,6 +229,7 @@ class Child:
     stop_deadline: float = 0.0
     sigterm_sent: bool = False
     restart_after_exit: bool = False  # manual / restart_with: restart regardless of policy, not counted
+    stderr_at: int = 0  # size of logs/<name>.stderr at spawn: what follows is this process's
     info: dict[str, Any] = field(default_factory=dict)
     status_info: dict[str, Any] = field(default_factory=dict)
 
@@ -258,8 +263,9 @@ class Supervisor:
         self.order = config_mod.start_order(cfg, config_path)
         self.children = {n: Child(n, cfg.actors[n]) for n in self.order}
         self.run_id = run_id or new_run_id()
-        self.log = logmod.setup(run_dir, "supervisor", self.run_id, cfg.service.log_level,
-                                console=sys.stderr.isatty() or None)
+        # Always on the console: readable on a terminal, plain lines elsewhere (nohup,
+        # systemd, CI, 2>file), so the user sees every event and why it failed.
+        self.log = logmod.setup(run_dir, "supervisor", self.run_id, cfg.service.log_level, console=True)
         # Link this run to the one before it in the same directory. A record
         # without "ended" means that supervisor died (SIGKILL, OOM, power): its
         # actors died with it (PDEATHSIG), and this run resumes from the ledger.
@@ -379,9 +385,11 @@ class Supervisor:
         # to the actors as to the user; PYTHONPATH finds the project's modules.
         try:
             err = open(errpath, "ab")
+            c.stderr_at = os.fstat(err.fileno()).st_size
         except OSError as e:  # full or read-only run dir: the actor's stderr goes to ours instead
             self.log.error("cannot open actor stderr file", actor=c.name, path=errpath, error=str(e))
             err = None
+        c.info.pop("init_error", None)  # a previous process's
         try:
             # process_group=0: own group, so a terminal Ctrl+C reaches only the supervisor.
             c.proc = subprocess.Popen(
@@ -485,20 +493,22 @@ class Supervisor:
             return
         if prev in ("loading", "loaded", "starting") and self.phase == "starting":
             c.state = "failed"
-            self.log.error("actor exited before READY", actor=c.name, pid=c.pid, how=how,
-                           uptime_s=round(uptime, 3), next="abort start",
-                           stderr_tail=self.stderr_tail(c))
-            self.emit(c, how)
-            self.begin_shutdown(f"{c.name} exited before READY ({how})", EXIT_FAIL)
+            cause = self.exit_cause(c, rc)
+            tail = self.stderr_tail(c)
+            self.log.error("actor exited before READY", actor=c.name, pid=c.pid, how=how, reason=cause,
+                           uptime_s=round(uptime, 3), next="abort start", **({"stderr_tail": tail} if tail else {}))
+            self.emit(c, f"{how}: {cause}" if cause else how)
+            self.begin_shutdown(*self.failure(c, rc, f"exited before READY ({how})", cause))
             return
         if self.backtest:
             # A replay cannot be resumed mid-way and stay deterministic: any
             # exit before Finished aborts the backtest.
             c.state = "failed"
-            self.log.error("actor exited during backtest", actor=c.name, pid=c.pid, how=how,
+            cause = self.exit_cause(c, rc)
+            self.log.error("actor exited during backtest", actor=c.name, pid=c.pid, how=how, reason=cause,
                            uptime_s=round(uptime, 3), next="abort backtest")
-            self.emit(c, how)
-            self.begin_shutdown(f"{c.name} exited during the backtest ({how})", EXIT_FAIL)
+            self.emit(c, f"{how}: {cause}" if cause else how)
+            self.begin_shutdown(*self.failure(c, rc, f"exited during the backtest ({how})", cause))
             return
         # Decide by policy.
         abnormal = rc != 0
@@ -518,9 +528,11 @@ class Supervisor:
             self.restart_log.append(now)
             if len(self.restart_log) > self.cfg.supervisor.max_restarts:
                 c.state = "failed"
+                cause = self.exit_cause(c, rc)
                 msg = (f"restart intensity exceeded: {c.name} exited ({how}); "
                        f"{len(self.restart_log)} restarts within {self.cfg.supervisor.max_seconds:g}s "
-                       f"(max_restarts={self.cfg.supervisor.max_restarts})")
+                       f"(max_restarts={self.cfg.supervisor.max_restarts})"
+                       + (f"; last error: {cause}" if cause else ""))
                 self.log.error("restart intensity exceeded", actor=c.name, pid=c.pid, how=how,
                                restarts_in_window=len(self.restart_log), next="stop everything, exit 1")
                 self.emit(c, how)
@@ -535,7 +547,7 @@ class Supervisor:
         c.ready_at = 0.0
         c.state = "backoff"
         self.log.warning("actor exited", actor=c.name, pid=c.pid, how=how, uptime_s=round(uptime, 3),
-                         next=f"restart in {delay:.3f}s", restarts=c.restarts)
+                         next=f"restart in {delay:.3f}s", restarts=c.restarts, reason=self.exit_cause(c, rc))
         self.emit(c, f"{how}; restarting")
         # Restart dependants together (e.g. the strategy re-queries the exchange).
         for other in self.cfg.supervisor.restart_with.get(c.name, []):
@@ -544,6 +556,41 @@ class Supervisor:
                 self.log.info("restarting with", actor=o.name, because=c.name)
                 o.restart_after_exit = True
                 self.stop_child(o, f"restart with {c.name}")
+
+    def exit_cause(self, c: Child, rc: int) -> str:
+        """The actor's own one-line reason for exiting with ``rc``, or "".
+
+        Its InitFailed reason if that arrived; else the exit_reason it logged on
+        the way out (in its log file before it exited, so never late); else, for a
+        process that died before its logging was up (a module that does not
+        import, a broken install), the last line it wrote to stderr.
+        """
+        if c.info.get("init_error"):
+            return c.info["init_error"]
+        cause = logmod.last_exit_reason(self.run_dir, c.name, c.pid)
+        if cause or rc <= 0:  # killed by a signal: whatever is on stderr is not why
+            return cause
+        try:
+            with open(os.path.join(self.run_dir, "logs", f"{c.name}.stderr"), "rb") as f:
+                f.seek(max(c.stderr_at, os.fstat(f.fileno()).st_size - 8192))
+                lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            return ""
+        if not lines:
+            return ""
+        last = lines[-1]
+        return last[len(c.name) + 2:] if last.startswith(f"{c.name}: ") else last  # main() prefixes its name
+
+    def failure(self, c: Child, rc: int, what: str, cause: str) -> tuple[str, int]:
+        """Shutdown reason and exit code for an actor that failed at start or in a backtest.
+
+        EXIT_CONFIG is an actor refusing the user's input (a plugin, its params, a
+        data file; actors.base.UserError): a config error, exit 2, like the
+        supervisor's own. Anything else is a failure, exit 1.
+        """
+        if rc == EXIT_CONFIG:
+            return f"config error: {c.name}: {cause or what}", EXIT_CONFIG
+        return f"{c.name} {what}" + (f": {cause}" if cause else ""), EXIT_FAIL
 
     def fatal_reason(self, c: Child, timeout: float = 1.0) -> str:
         """The reason an actor sent (Fatal) just before exiting with EXIT_DISK.
@@ -931,8 +978,10 @@ class Supervisor:
             self.log.error("cannot record the end of the run", error=str(e))
         if self.progress is not None:
             self.progress.close()
-        if self.exit_code and sys.stderr:
-            print(f"supervisor: {self.shutdown_reason}", file=sys.stderr)
+        if self.exit_code:
+            # The last line, whatever else the console showed: why, in the actor's own words.
+            # Waited for a little (a pipe being read slowly), never forever.
+            logmod.console_write(f"supervisor: {self.shutdown_reason}\n", wait_s=FINAL_LINE_WAIT_S)
         if self.finished_text:
             print(self.finished_text, flush=True)
 

@@ -8,8 +8,12 @@
 
 Started as ``python -m actors.<name> --run-dir DIR --config PATH``. Exit codes:
 0 clean stop, 1 unhandled exception or init failure (traceback in the log),
-2 config error, 3 orphan guard (supervisor heartbeats stopped), 4 disk error
-(the run directory is full or read-only: bus.faults.disk_error; not restarted).
+2 config error or a ``UserError`` (a bad strategy plugin or params, a bad data
+file: bad input a restart cannot fix), 3 orphan guard (supervisor heartbeats
+stopped), 4 disk error (the run directory is full or read-only:
+bus.faults.disk_error; not restarted). Every exit on an error logs, as the
+process's last line, an event carrying ``exit_reason``: one line naming the
+cause, which the supervisor reads back (bus.log.last_exit_reason) to say why.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ import os
 import signal
 import socket
 import sys
+import sysconfig
 import time
+import traceback
 from typing import Any, Callable
 
 import zmq
@@ -69,6 +75,42 @@ def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
 
 class CommandError(Exception):
     """Raised by on_command for a command the actor refuses; becomes an error reply."""
+
+
+class UserError(Exception):
+    """Bad input from the user that an actor meets: a strategy plugin that cannot be
+    loaded or its params, a data file that is missing or malformed. Not a bug, and a
+    restart cannot fix it: the actor exits EXIT_CONFIG with the message as its reason,
+    and the supervisor exits 2 naming the actor and the message."""
+
+
+# Frames in these directories are Python's or a library's, not where the user
+# (or this project) can fix anything: a failure is located at the innermost other frame.
+_LIB_DIRS = tuple(sorted({os.path.join(os.path.realpath(d), "") for k in ("stdlib", "platstdlib", "purelib", "platlib")
+                          if (d := sysconfig.get_paths().get(k))}))
+
+
+def exit_reason(e: BaseException) -> str:
+    """One line saying why this process fails with ``e``.
+
+    A UserError is its own message (it names the input). Anything else is a bug
+    somewhere: its type, message and the innermost frame outside Python and its
+    libraries, so a strategy that raises in on_bar is found at its own file and line.
+    """
+    if isinstance(e, UserError):
+        text = str(e)
+    else:
+        text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        frames = traceback.extract_tb(e.__traceback__)
+        own = [f for f in frames if not os.path.realpath(f.filename).startswith(_LIB_DIRS)] or frames
+        if own:
+            f = own[-1]
+            path = f.filename
+            rel = os.path.relpath(path) if os.path.isabs(path) else path
+            if not rel.startswith(".."):
+                path = rel
+            text += f" (at {path}:{f.lineno} in {f.name})"
+    return " ".join(text.split())[:4000]
 
 
 class Timer:
@@ -292,6 +334,11 @@ class Actor:
                 pass
         return EXIT_DISK
 
+    def _exit_on_error(self, reason: str, code: int) -> int:
+        """The last line this process logs: the supervisor reads exit_reason back from it."""
+        self.log.error("exiting on error", exit_code=code, **{logmod.EXIT_REASON: reason})
+        return code
+
     def serve(self) -> int:
         """Run the whole lifecycle; returns the process exit code."""
         old = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
@@ -318,9 +365,10 @@ class Actor:
             except Exception as e:
                 if (err := disk_error(e)) is not None:
                     return self._disk_exit(err)
-                self.log.exception("init failed", error=str(e))
-                self._send_lc(InitFailed(reason=f"{type(e).__name__}: {e}"[:4000]))
-                return EXIT_ERROR
+                reason = exit_reason(e)
+                self.log.exception("init failed", error=reason)
+                self._send_lc(InitFailed(reason=reason))
+                return self._exit_on_error(reason, EXIT_CONFIG if isinstance(e, UserError) else EXIT_ERROR)
             self._send_lc(Ready(info=info or {}))
             self.log.info("ready", init_s=round(time.monotonic() - t0, 4), **{k: v for k, v in (info or {}).items()
                                                                                 if isinstance(v, (int, float, str))})
@@ -346,7 +394,7 @@ class Actor:
             if (err := disk_error(e)) is not None:
                 return self._disk_exit(err)
             self.log.exception("unhandled exception", error=str(e))
-            return EXIT_ERROR
+            return self._exit_on_error(exit_reason(e), EXIT_CONFIG if isinstance(e, UserError) else EXIT_ERROR)
         finally:
             signal.set_wakeup_fd(old)
             for p in self._ports:

@@ -24,6 +24,7 @@ from typing import Any, Iterable
 
 import msgspec
 
+from actors.base import UserError
 from bus.messages import Instrument
 
 FIELDS = ("symbol", "kind", "tick_size", "lot_size", "multiplier", "currency",
@@ -33,7 +34,7 @@ OPTION_FIELDS = ("underlying", "strike", "expiry", "right")
 SYNTHETIC = "synthetic"
 
 
-class InstrumentError(ValueError):
+class InstrumentError(UserError, ValueError):
     """A bad instrument master; the message names the file and the row."""
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from actors import instruments as instruments_mod
-from actors.base import Actor, main
+from actors.base import Actor, UserError, main
 from bus.codec import ProtocolError
 from bus.messages import (
     Bar, BarBatch, EndOfData, HistoryReply, HistoryRequest, Instrument, InstrumentsReply, InstrumentsRequest, MdError,
@@ -50,7 +50,7 @@ BACKTEST_WINDOW_BATCHES = 4  # bars in flight <= 4 batches: far below the md PUB
 FLOW_CONSUMERS = ("paper-exchange", "strategy")  # md.ref identities whose Progress gates a backtest
 
 
-class ReplayError(ValueError):
+class ReplayError(UserError, ValueError):
     pass
 
 

@@ -23,7 +23,7 @@ import os
 import time
 from typing import Any
 
-from actors.base import Actor, CommandError, main
+from actors.base import Actor, CommandError, UserError, main
 from actors.strategies.base import Context, Strategy
 from bus.messages import (
     Bar, BarBatch, CancelReply, EndOfData, Fill, Flatten, HistoryReply, HistoryRequest, InstrumentsReply,
@@ -34,7 +34,7 @@ from bus.sockets import Port, Received
 REQUEST_TIMEOUT_S = 5.0
 
 
-class PluginError(Exception):
+class PluginError(UserError):
     """The configured strategy plugin cannot be loaded."""
 
 

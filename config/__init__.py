@@ -21,6 +21,9 @@ from msgspec import Meta, Struct
 from typing import Annotated
 
 DEFAULT_PATH = Path(__file__).with_name("default.toml")
+# ``base = "default"`` (a name with no directory and no extension) names one of
+# the configs shipped here, whichever directory the file that says it is in.
+BUILTIN = {p.stem: p for p in sorted(DEFAULT_PATH.parent.glob("*.toml"))}
 EXIT_CONFIG = 2
 
 PosFloat = Annotated[float, Meta(gt=0)]
@@ -197,17 +200,53 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def load_raw(path: str | os.PathLike | None, _seen: tuple[str, ...] = ()) -> tuple[dict, str]:
-    """Read one config file; a top-level ``base = "other.toml"`` (relative to this
-    file) is read first and this file's keys override it, so a backtest config
-    need not repeat the actor tables."""
+def _plugin_of(doc: dict) -> Any:
+    st = doc.get("strategy")
+    return st.get("plugin", StrategyCfg().plugin) if isinstance(st, dict) else StrategyCfg().plugin
+
+
+def _drop_params(doc: dict) -> dict:
+    """``doc`` without strategy.params: they are another plugin's (SmaCross's fast/slow
+    would be bad params to any other strategy), so a new plugin starts from its own defaults."""
+    st = doc.get("strategy")
+    if not isinstance(st, dict) or "params" not in st:
+        return doc
+    return {**doc, "strategy": {k: v for k, v in st.items() if k != "params"}}
+
+
+def _merge_over_base(base: dict, over: dict) -> dict:
+    """A file over its base: _merge, except that strategy.params goes with its plugin."""
+    st = over.get("strategy")
+    if isinstance(st, dict) and "plugin" in st and st["plugin"] != _plugin_of(base):
+        base = _drop_params(base)
+    return _merge(base, over)
+
+
+def _base_path(p: Path, base: str) -> Path:
+    """A built-in name ("default", "backtest") or a path relative to the file ``p``."""
+    if base in BUILTIN and os.sep not in base and "/" not in base:
+        return BUILTIN[base]
+    return (p.parent / base).resolve()
+
+
+def load_raw(path: str | os.PathLike | None, _seen: tuple[str, ...] = (),
+             _named_by: tuple[Path, str] | None = None) -> tuple[dict, str]:
+    """Read one config file; a top-level ``base = "default"`` (a built-in config) or
+    ``base = "other.toml"`` (relative to this file) is read first and this file's
+    keys override it, so a config need only say what differs. A ``[strategy]``
+    that names another plugin than its base's also replaces the base's params."""
     p = Path(path) if path is not None else DEFAULT_PATH
     try:
         data = p.read_bytes()
     except FileNotFoundError:
+        if _named_by is not None:
+            by, base = _named_by
+            raise ConfigError(f"{by}: key base: {base!r}: file not found: {p} (a path is relative to "
+                              f"{by.resolve().parent}; built-in configs: {', '.join(repr(n) for n in BUILTIN)})") from None
         raise ConfigError(f"config file not found: {p}") from None
     except OSError as e:
-        raise ConfigError(f"cannot read config file {p}: {e.strerror}") from None
+        where = f"{_named_by[0]}: key base: " if _named_by is not None else ""
+        raise ConfigError(f"{where}cannot read config file {p}: {e.strerror}") from None
     try:
         if p.suffix == ".json":
             doc = json.loads(data)
@@ -226,19 +265,23 @@ def load_raw(path: str | os.PathLike | None, _seen: tuple[str, ...] = ()) -> tup
     if base is not None:
         if not isinstance(base, str):
             raise ConfigError(f"{p}: key base: expected a file name, got {type(base).__name__}")
-        bp = (p.parent / base).resolve()
+        bp = _base_path(p, base)
         if str(bp) in _seen or bp == p.resolve():
             raise ConfigError(f"{p}: key base: {base} includes itself")
-        base_doc, _ = load_raw(bp, _seen + (str(p.resolve()),))
-        doc = _merge(base_doc, doc)
+        base_doc, _ = load_raw(bp, _seen + (str(p.resolve()),), (p, base))
+        doc = _merge_over_base(base_doc, doc)
     return doc, str(p)
 
 
 def load(path: str | os.PathLike | None = None, sets: list[str] | None = None) -> Config:
     """Load, apply overrides, validate. Raises ConfigError."""
     doc, where = load_raw(path)
-    for item in sets or []:
-        keys, value = parse_set(item)
+    parsed = [(item, *parse_set(item)) for item in sets or []]
+    # --set strategy.plugin=X drops the file's params as a file over its base does;
+    # --set strategy.params... (before or after it) then gives X its own.
+    if any(keys == ["strategy", "plugin"] and value != _plugin_of(doc) for _, keys, value in parsed):
+        doc = _drop_params(doc)
+    for item, keys, value in parsed:
         if keys[0] == "bus" and keys[-1] in CURVE_KEYS and isinstance(value, str) and value:
             value = os.path.abspath(value)
         _apply(doc, keys, value, item)

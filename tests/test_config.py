@@ -2,6 +2,7 @@
 
 import subprocess
 
+import msgspec
 import pytest
 
 import config
@@ -111,3 +112,41 @@ def test_backtest_config_loads():
     cfg = load(config.DEFAULT_PATH.with_name("backtest.toml"))
     assert cfg.service.mode == "backtest" and cfg.market_data.feed == "replay"
     assert list(cfg.actors) == ["market-data", "paper-exchange", "state-publisher", "strategy"]
+
+
+def test_base_not_found_names_the_key_and_the_file(tmp_path):
+    child = tmp_path / "child.toml"
+    child.write_text('base = "default.toml"\n')
+    with pytest.raises(ConfigError) as ei:
+        load(child)
+    assert str(ei.value) == (f"{child}: key base: 'default.toml': file not found: {tmp_path / 'default.toml'} "
+                             f"(a path is relative to {tmp_path}; built-in configs: 'backtest', 'default', "
+                             "'placement')")
+
+
+@pytest.mark.parametrize("name", ["default", "backtest"])
+def test_base_names_a_built_in_config_from_anywhere(tmp_path, name):
+    child = tmp_path / "mine.toml"
+    child.write_text(f'base = "{name}"\n[exchange]\ncommission_pct = 0.5\n')
+    cfg = load(child)
+    builtin = load(config.DEFAULT_PATH.with_name(f"{name}.toml"))
+    assert cfg.exchange.commission_pct == 0.5
+    assert msgspec.structs.replace(cfg, exchange=builtin.exchange) == builtin
+
+
+def test_params_go_with_their_plugin(tmp_path):
+    """A new plugin does not inherit the base's params (SmaCross's fast/slow would be bad params to it)."""
+    child = tmp_path / "mine.toml"
+    child.write_text('base = "default"\n[strategy]\nplugin = "mystrats.breakout:Breakout"\n'
+                     'params = { lookback = 20 }\n')
+    assert load(child).strategy.params == {"lookback": 20}
+    child.write_text('base = "default"\n[strategy]\nplugin = "mystrats.breakout:Breakout"\n')
+    assert load(child).strategy.params == {}
+    # The same plugin: params merge key by key, as every other table does.
+    child.write_text('base = "backtest"\n[strategy]\nplugin = "actors.strategies.sma_cross:SmaCross"\n'
+                     'params = { qty = 5 }\n')
+    assert load(child).strategy.params == {"fast": 10, "slow": 20, "qty": 5}
+    # --set does the same, whichever order the plugin and its params come in.
+    assert load(None, ["strategy.plugin=x.y:Z"]).strategy.params == {}
+    assert load(None, ["strategy.params.n=3", "strategy.plugin=x.y:Z"]).strategy.params == {"n": 3}
+    assert load(None, ["strategy.params.qty=3"]).strategy.params == {"fast": 10, "slow": 30, "qty": 3}

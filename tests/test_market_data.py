@@ -245,7 +245,7 @@ def test_startup_errors_are_init_failures(start_md, run_dir, sets, needle):
     md = start_md(run_dir, sets)
     failed = md.sup.wait_msg(NAME, InitFailed, 15)
     assert needle in failed.reason, failed.reason
-    assert md.proc.wait(10) == 1
+    assert md.proc.wait(10) == 2  # bad user input: UserError
 
 
 def test_bad_instrument_row_fails_startup_naming_file_and_row(start_md, run_dir):
@@ -255,7 +255,7 @@ def test_bad_instrument_row_fails_startup_naming_file_and_row(start_md, run_dir)
     md = start_md(os.path.join(run_dir, "r"), [f'market_data.instruments="{p}"'])
     failed = md.sup.wait_msg(NAME, InitFailed, 15)
     assert f"{p}: row 3: option C1 needs underlying" in failed.reason, failed.reason
-    assert md.proc.wait(10) == 1
+    assert md.proc.wait(10) == 2  # bad user input: UserError
 
 
 def test_parquet_needs_pyarrow_or_replays(start_md, run_dir):
@@ -277,7 +277,7 @@ def test_parquet_needs_pyarrow_or_replays(start_md, run_dir):
     if not have:
         failed = md.sup.wait_msg(NAME, InitFailed, 15)
         assert "needs pyarrow" in failed.reason and path in failed.reason
-        assert md.proc.wait(10) == 1
+        assert md.proc.wait(10) == 2  # bad user input: UserError
         return
     md.sup.wait_msg(NAME, Ready, 15)
     md.connect(topics=("md.eod",))

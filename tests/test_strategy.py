@@ -350,7 +350,7 @@ def test_bad_plugin_is_an_init_failure_naming_it(procs, run_dir):
         p = procs.spawn(actor_cmd("actors.strategy", sup.run_dir, sup.write_config()), stderr=subprocess.PIPE)
         failed = sup.wait_msg("strategy", InitFailed, 15)
         assert "actors.strategies.sma_cross:SmaCross" in failed.reason and "bad strategy.params" in failed.reason
-        assert p.wait(10) == 1
+        assert p.wait(10) == 2  # a bad plugin is bad user input (UserError)
     finally:
         sup.close()
 
