@@ -58,6 +58,11 @@ def test_readme_has_commands():
 @pytest.mark.parametrize("cmd", readme_commands())
 def test_readme_command_runs_as_written(cmd):
     words = shlex.split(cmd)
+    if words[0].startswith("/path/to/paperbus/"):
+        # Run from the user's own directory: tests/test_readme_strategy.py runs it for real.
+        words = [w.replace("/path/to/paperbus/", "") for w in words]
+        assert words[0] == ".venv/bin/python" and (ROOT / words[1]).is_file(), cmd
+        return
     if words[0] == "make":
         targets = [w for w in words[1:] if "=" not in w]
         r = subprocess.run(["make", "-n", *targets], cwd=ROOT, capture_output=True, timeout=30)

@@ -35,7 +35,7 @@ def set_up(tmp):
     with open(path, "w") as f:
         f.write(py)
     argv = shlex.split(cmd)
-    assert argv[:2] == ["python", "/path/to/paperbus/supervisor.py"], argv
+    assert argv[:2] == ["/path/to/paperbus/.venv/bin/python", "/path/to/paperbus/supervisor.py"], argv
     conf = argv[argv.index("--config") + 1]
     with open(os.path.join(tmp, conf), "w") as f:
         f.write(toml)
@@ -66,5 +66,5 @@ def test_readme_strategy_backtests_with_base_backtest(procs, run_dir):
     out, err = p.communicate(timeout=80)
     assert p.returncode == 0, err.decode()[-3000:]
     assert "period        2004-08-19 -> 2013-03-01 (2148 bars)" in out.decode()
-    with open(os.path.join(run_dir, "run-backtest", "fills.csv")) as f:
+    with open(os.path.join(run_dir, "run-backtest", "latest", "fills.csv")) as f:
         assert sum(1 for _ in f) > 1  # the breakout traded
