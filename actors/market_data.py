@@ -32,6 +32,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections import deque
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
@@ -449,9 +450,12 @@ class Replay:
             row = 2  # line 1 is the header
             try:
                 # Blank lines are kept (as empty rows) so row numbers stay line numbers;
-                # the timestamp is read as text and parsed by _ts_ns, the same way in every chunk.
+                # only an empty cell is missing ("NA", "n/a", "NaN" are shown as typed: a
+                # bad value, or a symbol); the timestamp is read as text and parsed by
+                # _ts_ns, the same way in every chunk.
                 with self.pd.read_csv(self.path, chunksize=n, usecols=self.usecols, index_col=False,
-                                      skip_blank_lines=False, dtype={self.ts_col: str}) as reader:
+                                      skip_blank_lines=False, keep_default_na=False, na_values=[""],
+                                      dtype={self.ts_col: str}) as reader:
                     for df in reader:
                         yield row, df
                         row += len(df)
@@ -479,7 +483,7 @@ class Replay:
                 self._ts_mode = "epoch"
             else:
                 nums = pd.to_numeric(col, errors="coerce").to_numpy(dtype="float64")
-                self._ts_mode = "epoch" if np.isfinite(nums[notna]).mean() > 0.5 else "text"
+                self._ts_mode = "epoch" if np.isfinite(nums[notna]).mean() >= 0.5 else "text"
                 if self._ts_mode == "text":
                     iso_ok = pd.to_datetime(col, utc=True, format="ISO8601", errors="coerce").notna().any()
                     self._ts_mode = "iso" if iso_ok else "text"
@@ -503,10 +507,9 @@ class Replay:
                     oor = ~bad & (np.abs(f) * scale >= 9.2e18)
                 ns = np.round(np.where(bad | oor, 0.0, f) * scale).astype("int64")
             return ns, bad, oor
-        if self._ts_mode in ("iso", "text"):
+        with warnings.catch_warnings():  # "could not infer format": the user sees the rows it could not read
+            warnings.simplefilter("ignore", UserWarning)
             t = pd.to_datetime(col, utc=True, errors="coerce", **({"format": "ISO8601"} if self._ts_mode == "iso" else {}))
-        else:
-            t = pd.to_datetime(col, utc=True, errors="coerce")
         a = t.dt.tz_convert(None).to_numpy()
         if not np.issubdtype(a.dtype, np.datetime64):  # no value at all in this chunk
             return np.zeros(n, dtype="int64"), np.ones(n, dtype=bool), np.zeros(n, dtype=bool)
@@ -698,10 +701,10 @@ class MarketData(Actor):
         self._chunks: Iterator[list[tuple]] | None = None
         self._pace_t0: float | None = None  # (wall, market ts) anchor of a paced replay
         self._pace_ts0 = 0
-        warnings: list[str] = []  # told on the supervisor's console when READY
+        warns: list[str] = []  # told on the supervisor's console when READY
         if md.feed == "replay":
             self.replay = Replay(md, self.by_symbol)
-            warnings += self.replay.warnings
+            warns += self.replay.warnings
             self.feed_name = f"replay:{Path(self.replay.path).name}"
             self.log.info("replay opened", path=self.replay.path, format=self.replay.fmt, kind=md.kind,
                           columns=self.replay.colmap, timestamp_column=self.replay.ts_col,
@@ -715,7 +718,7 @@ class MarketData(Actor):
             self._state_dirty = False
             resumed, warn = self.feed_state.load(self.gbm)
             if warn:
-                warnings.append(warn)
+                warns.append(warn)
             elif resumed:
                 self.log.info("synthetic prices resumed", path=self.feed_state.path, symbols=resumed)
             else:
@@ -731,10 +734,10 @@ class MarketData(Actor):
         info: dict[str, Any] = {"instruments": len(self.instruments), "option_mappings": self.option_mappings}
         if self.backtest:
             info["total"] = self.replay.total  # type: ignore[union-attr]  # for the progress bar
-        for w in warnings:
+        for w in warns:
             self.log.warning("market data warning", warning=w)
-        if warnings:
-            info["warnings"] = warnings
+        if warns:
+            info["warnings"] = warns
         self.pub = self.open("md", bind=True)
         self.ref = self.open("md.ref", bind=True, handler=self._on_ref)
         return info
