@@ -281,15 +281,18 @@ def _show(v: Any) -> str:
 
 
 class OrderCheck:
-    """The order a replay needs: per symbol, timestamps strictly increase; across symbols
-    they never go back (rows of one timestamp may come in any symbol order), because the
-    strategy and the exchange see one stream in file order, and the exchange writes one
-    equity row per timestamp. Fed chunk by chunk (arrays of good rows), it keeps only the
-    last timestamp and the symbols seen at it, so memory stays flat."""
+    """The order a replay needs: time never goes back, across symbols too (rows of one
+    timestamp may come in any symbol order), because the strategy and the exchange see
+    one stream in file order and the exchange writes one equity row per timestamp; and
+    per symbol, bar timestamps strictly increase (two bars of one symbol cannot start
+    at the same time; ticks can: several trades in one millisecond). Fed chunk by chunk
+    (arrays of good rows), it keeps only the last timestamp and the symbols seen at it,
+    so memory stays flat."""
 
-    def __init__(self, path: str, names: list[str], sortable: bool = True):
+    def __init__(self, path: str, names: list[str], strict: bool = True, sortable: bool = True):
         self.path = path
         self.names = names  # symbol code -> symbol
+        self.strict = strict
         self.hint = f"; {SORT_HINT}" if sortable else ""
         self.last_ts: int | None = None
         self.last_row = 0
@@ -321,6 +324,9 @@ class OrderCheck:
             raise ReplayError(f"{self.path}: row {r}: timestamp {iso(t)} ({self.names[c]}) is before row {pr}'s "
                               f"{iso(pt)} ({self.names[pc]}): the replay needs the rows in time order across "
                               f"symbols (rows of one timestamp may come in any symbol order){self.hint}")
+        if not self.strict:
+            self.last_ts, self.last_row, self.last_code = int(ts[-1]), int(rows[-1]), int(codes[-1])
+            return
         # Time never goes back now, so a symbol's repeated timestamp sits in one run of
         # equal timestamps: sort by (ts, symbol, row) and look at neighbours. The run
         # left open by the previous chunk takes part.
@@ -611,6 +617,9 @@ class Replay:
                     break
         stats.off_tick += k
 
+    def _order_check(self, sortable: bool = True) -> OrderCheck:
+        return OrderCheck(self.path, self.names, strict=self.kind == "bars", sortable=sortable)
+
     def _pass(self, stats: ScanStats, order: OrderCheck | None) -> Iterator[tuple[Any, ...]]:
         for row0, df in self._frames():
             good = self._clean(df, row0, stats)
@@ -628,7 +637,7 @@ class Replay:
             cols = [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))] if parts else []
             del parts
         else:
-            for _ in self._pass(stats, OrderCheck(self.path, self.names)):
+            for _ in self._pass(stats, self._order_check()):
                 pass
         if stats.rows == 0:
             raise ReplayError(f"{self.path}: no data rows (only a header)")
@@ -639,7 +648,7 @@ class Replay:
             perm = np.argsort(cols[0], kind="stable")  # ties keep file order
             cols = [c[perm] for c in cols]
             del perm
-            OrderCheck(self.path, self.names, sortable=False).check(cols[0], cols[1], cols[2])
+            self._order_check(sortable=False).check(cols[0], cols[1], cols[2])
             self._sorted = cols
         return stats
 
@@ -667,7 +676,7 @@ class Replay:
                 yield self._tuples(part)
             return
         stats = ScanStats()
-        for good in self._pass(stats, OrderCheck(self.path, self.names)):
+        for good in self._pass(stats, self._order_check()):
             self.rows_read = stats.rows
             yield self._tuples(good)
 
@@ -696,11 +705,13 @@ class MarketData(Actor):
         self.history: dict[str, deque[Bar]] = {}
         self.progress: dict[str, int] = {}  # consumer identity -> last Progress.fseq it reported
         self.replay: Replay | None = None
+        self.feed_state: FeedState | None = None  # the synthetic feed's saved prices
         self._rows: list[tuple] = []
         self._row_i = 0
         self._chunks: Iterator[list[tuple]] | None = None
         self._pace_t0: float | None = None  # (wall, market ts) anchor of a paced replay
         self._pace_ts0 = 0
+        self._state_dirty = False  # bars made since feed_state.json was last written
         warns: list[str] = []  # told on the supervisor's console when READY
         if md.feed == "replay":
             self.replay = Replay(md, self.by_symbol)
@@ -715,7 +726,6 @@ class MarketData(Actor):
                         for i in self.instruments if i.kind != "option"]
             self.clock = WallClockBars(self.gbm, interval_ns)
             self.feed_state = FeedState(self.run_dir, md.seed)
-            self._state_dirty = False
             resumed, warn = self.feed_state.load(self.gbm)
             if warn:
                 warns.append(warn)
@@ -779,13 +789,12 @@ class MarketData(Actor):
         self._schedule_bar()
 
     def _save_feed_state(self) -> None:
-        if self._state_dirty:
+        if self._state_dirty and self.feed_state is not None:
             self.feed_state.save(self.gbm)
             self._state_dirty = False
 
     def on_stop(self) -> None:
-        if self.replay is None and hasattr(self, "feed_state"):
-            self._save_feed_state()
+        self._save_feed_state()
 
     def _work_batches(self) -> bool:
         """Backtest: publish one BarBatch if the consumers' credit allows."""

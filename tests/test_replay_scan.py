@@ -55,6 +55,15 @@ def test_a_repeated_timestamp_is_refused_even_across_chunks_and_with_sort(run_di
                             "per symbol, timestamps must strictly increase (a duplicated row? sorting cannot fix that)")
 
 
+def test_ticks_of_one_symbol_may_share_a_timestamp_but_never_go_back(run_dir):
+    sets = {"kind": "ticks", "columns": '{ price = "px" }'}
+    r, _ = replay(run_dir, "t,px\n1700000000000,10\n1700000000000,10.01\n1700000000001,10\n", **sets)
+    assert [row[1:3] for row in rows_of(r)] == [(1_700_000_000_000_000_000, 10.0), (1_700_000_000_000_000_000, 10.01),
+                                                (1_700_000_000_001_000_000, 10.0)]
+    err = refused(run_dir, "t,px\n1700000000001,10\n1700000000000,10\n", **sets)
+    assert "row 3: timestamp 2023-11-14T22:13:20Z of X is before row 2's 2023-11-14T22:13:20.001000Z" in err
+
+
 def test_multi_symbol_files_share_timestamps_but_never_go_back(run_dir):
     ok = ("date,symbol,open,high,low,close\n2024-01-02,AAA,1,1,1,1\n2024-01-02,BBB,2,2,2,2\n"
           "2024-01-03,BBB,2,2,2,2\n2024-01-03,AAA,1,1,1,1\n")
