@@ -663,6 +663,8 @@ class Supervisor:
             self.log.info("actor ready", actor=c.name, pid=c.pid, start_s=round(now - c.started_at, 4),
                           init_s=round(now - c.init_at, 4), **{
                 k: v for k, v in c.info.items() if isinstance(v, (int, float, str))})
+            for w in c.info.get("warnings") or ():  # e.g. replay rows skipped: said where the user looks
+                self.log.warning("actor warning", actor=c.name, warning=str(w))
             self.set_state(c, "ready")
             if self.phase == "running" and all(self.children[d].state == "running" for d in c.cfg.after):
                 self.send_run(c)

@@ -42,7 +42,7 @@ Backtest mode (``service.mode = "backtest"``), deterministic and lossless:
 - after processing, the exchange reports its own Progress to market-data,
   which keeps at most a window of bars in flight (no PUB drop, ever);
 - after EndOfData and the last bar: orders expire as at end of data, then
-  fills.csv, trades.csv, equity.csv (one row per bar), summary.json and
+  fills.csv, trades.csv, equity.csv (one row per timestamp), summary.json and
   report.png are written and ``Finished`` goes to the supervisor.
 
 Risk checks on submit: max open orders; worst-case position
@@ -391,11 +391,18 @@ class PaperExchange(Actor):
             b = pending.popleft()
             self._on_price(b.symbol, b.ts, b.open, b.high, b.low, b.close, b.fseq)
             done = b.fseq
-            self.equity_rows.append((b.ts, self.acct.equity))
             if len(positions) <= 1:
-                self.pos_rows.append(sum(p.qty for p in positions.values()))
+                pos = sum(p.qty for p in positions.values())
             else:  # several instruments: gross units, for exposure time
-                self.pos_rows.append(sum(abs(p.qty) for p in positions.values()))
+                pos = sum(abs(p.qty) for p in positions.values())
+            # One equity row per timestamp (several symbols share one): the last
+            # bar of a timestamp has every symbol's price of that time.
+            if self.equity_rows and self.equity_rows[-1][0] == b.ts:
+                self.equity_rows[-1] = (b.ts, self.acct.equity)
+                self.pos_rows[-1] = pos
+            else:
+                self.equity_rows.append((b.ts, self.acct.equity))
+                self.pos_rows.append(pos)
         if done != self.done_fseq:
             self.done_fseq = done
             self.ref.send(Progress(fseq=done), flags=zmq.NOBLOCK)
@@ -423,10 +430,15 @@ class PaperExchange(Actor):
         try:
             if self.equity_rows:
                 money = max((self._decimals(sym)[1] for sym in self.instruments), default=2)
+                skipped = self.eod.rows_skipped if self.eod is not None else 0
                 summary = report.write_results(self.run_dir, self.equity_rows, self.acct.trips, fills,
                                                self.pos_rows, title=f"paperbus backtest {self.run_id}", log=self.log,
-                                               money_decimals=money)
+                                               money_decimals=money,
+                                               # Replay rows dropped for bad values: in the results, not only a log.
+                                               extra={"rows_skipped": skipped})
                 text = report.format_text_summary(summary)
+                if skipped:
+                    text += f"\ndata          {skipped} rows skipped (bad values; see the market-data warning)"
         except Exception as e:  # reported by the loop: the run must not hang on it
             self._results["error"] = f"{type(e).__name__}: {e}"
             self._results["disk"] = disk_error(e)

@@ -198,6 +198,7 @@ class EndOfData(_Base, **_tag("end-of-data")):
     feed: ShortStr
     count: Annotated[int, Meta(ge=0)]
     last_fseq: Annotated[int, Meta(ge=0)] = 0
+    rows_skipped: Annotated[int, Meta(ge=0)] = 0  # replay rows dropped for bad values (the backtest summary says it)
 
 
 class InstrumentsRequest(_Base, **_tag("instruments-request")):

@@ -89,10 +89,9 @@ class MarketDataCfg(_S):
     symbols: list[str] = msgspec.field(default_factory=lambda: ["SYN1", "SYN2"])
     start_price: PosFloat = 100.0
     drift: float = 0.0
-    volatility: NonNegFloat = 0.2
-    rate_hz: PosFloat = 10.0
+    volatility: NonNegFloat = 5.0  # annualised, over real time: lively enough to trade within seconds
+    rate_hz: Annotated[float, Meta(gt=0, le=1000)] = 10.0  # bars per second: each covers 1/rate_hz s of wall clock
     seed: int = 1
-    bar_seconds: PosFloat = 60.0
     # replay feed
     path: str = ""
     format: Literal["auto", "csv", "parquet"] = "auto"
@@ -102,6 +101,8 @@ class MarketDataCfg(_S):
     columns: dict[str, str] = {}
     speed: NonNegFloat = 0.0  # 0 = as fast as possible, N = real time x N
     chunk_rows: PosInt = 50_000
+    sort: bool = False  # sort the file by time in memory before the run (else out-of-order rows refuse it)
+    on_bad_row: Literal["skip", "error"] = "skip"  # a row with a bad value: skipped and counted, or refuse the file
     batch_bars: PosInt = 512
 
 
