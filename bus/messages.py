@@ -167,6 +167,8 @@ ControlMsg = Union[CtlRequest, CtlReply]
 #               and market-data ROUTER "md.ref" (instrument master, history)
 # =============================================================================
 class Instrument(Struct, kw_only=True):
+    """An entry of the instrument master."""
+
     symbol: Symbol
     kind: Literal["equity", "future", "option"]
     tick_size: Price
@@ -328,37 +330,43 @@ class OrderReject(_Base, **_tag("reject")):
 
 
 class OrderInfo(Struct, kw_only=True):
+    """An order as the exchange holds it (sent by the exchange, which fills in every field)."""
+
     order_id: int
     cl_id: Ident
     symbol: Symbol
     side: Side
     qty: Qty
-    filled: Annotated[int, Meta(ge=0)] = 0
-    order_type: OrderType = "market"
-    price: Price | None = None
-    tif: TimeInForce = "GTC"
+    filled: Annotated[int, Meta(ge=0)] = 0  # quantity filled so far
+    order_type: OrderType = "market"  # as submitted
+    price: Price | None = None  # as submitted
+    tif: TimeInForce = "GTC"  # as submitted
     status: OrderStatus = "new"
-    ts: Nanos = 0
+    ts: Nanos = 0  # when the exchange accepted it, ns
 
 
 class PositionInfo(Struct, kw_only=True):
+    """A position of the account (one per symbol ever traded)."""
+
     symbol: Symbol
-    qty: SignedQty
-    avg_price: Annotated[float, Meta(ge=0.0, lt=1e12)] = 0.0
-    mark: Annotated[float, Meta(ge=0.0, lt=1e12)] = 0.0
-    realized: Money = 0.0
-    unrealized: Money = 0.0
+    qty: SignedQty  # signed: > 0 long, < 0 short
+    avg_price: Annotated[float, Meta(ge=0.0, lt=1e12)] = 0.0  # average entry price
+    mark: Annotated[float, Meta(ge=0.0, lt=1e12)] = 0.0  # last price the exchange saw
+    realized: Money = 0.0  # before fees
+    unrealized: Money = 0.0  # qty * (mark - avg_price) * multiplier
     fees: Money = 0.0
 
 
 class AccountInfo(Struct, kw_only=True):
+    """The account, as the exchange computes it."""
+
     cash: Money
-    equity: Money
+    equity: Money  # cash + positions at their marks
     initial_cash: Money = 0.0
-    realized: Money = 0.0
+    realized: Money = 0.0  # before fees
     unrealized: Money = 0.0
     fees: Money = 0.0
-    gross_exposure: Money = 0.0
+    gross_exposure: Money = 0.0  # sum of abs(qty * mark * multiplier)
 
 
 class QueryReply(_Base, **_tag("query-reply")):

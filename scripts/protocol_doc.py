@@ -189,7 +189,9 @@ def type_str(t: Any) -> str:
         return "float" + (f" ({', '.join(b)})" if b else "")
     if isinstance(t, mi.StrType):
         parts = []
-        if t.min_length is not None and t.max_length is not None:
+        if t.min_length is not None and t.min_length == t.max_length:
+            parts.append(f"exactly {t.min_length} chars")
+        elif t.min_length is not None and t.max_length is not None:
             parts.append(f"{t.min_length}-{t.max_length} chars")
         elif t.max_length is not None:
             parts.append(f"<= {t.max_length} chars")
@@ -205,7 +207,7 @@ def type_str(t: Any) -> str:
     if isinstance(t, mi.AnyType):
         return "any"
     if isinstance(t, mi.LiteralType):
-        return "one of " + ", ".join(f"`{v}`" for v in t.values)
+        return "one of " + ", ".join(f"`{v}`" if v != "" else '`""`' for v in t.values)
     if isinstance(t, mi.UnionType):
         return " or ".join(type_str(x) for x in t.types)
     if isinstance(t, mi.ListType):
