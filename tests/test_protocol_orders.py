@@ -24,12 +24,9 @@ def test_a_strategy_must_name_the_order_type():
     assert sent == [] and ctx.orders == {}
     ctx.submit("AAA", "sell", 2, "limit", 10.5)
     assert sent[-1] == SubmitOrder(cl_id="t-1", symbol="AAA", side="sell", qty=2, order_type="limit", price=10.5)
-
-
-def test_target_position_says_market_explicitly():
-    ctx, sent = _ctx()
+    # target_position trades with market orders, and says so
     ctx.target_position("AAA", 5)
-    assert (sent[-1].order_type, sent[-1].price, sent[-1].tif, sent[-1].qty) == ("market", None, "GTC", 5)
+    assert (sent[-1].order_type, sent[-1].price, sent[-1].tif, sent[-1].qty) == ("market", None, "GTC", 7)
 
 
 def test_the_message_itself_has_no_default_order_type():
