@@ -71,7 +71,7 @@ from actors.accounting import Account
 from actors.base import Actor, CommandError, main
 from actors.ledger import Ledger
 from actors import report
-from bus.codec import ProtocolError, Stamper
+from bus.codec import ProtocolError
 from bus.faults import disk_error
 from bus.fileio import atomic_write
 from bus.messages import (
@@ -138,10 +138,6 @@ class PaperExchange(Actor):
 
         self.orders_port = self.open("orders", bind=True, handler=self._on_request)
         self.exec = self.open("exec", bind=True)
-        # Own stamper: the exec stream's envelope seq is then gap-free (replies on the
-        # ROUTER share the channel and would otherwise consume numbers), so a
-        # subscriber can detect loss. A restart starts again at 1 with a new pid.
-        self.exec.stamper = Stamper(self.name, self.run_id)
         self.md = self.open("md", bind=False, handler=self._on_md, subscribe=[b"md."])
         self.every(MARK_PUBLISH_S, self._publish_marks)
         self.every(max(x.export_every_ms, 50) / 1000.0, self._maybe_export)

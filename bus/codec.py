@@ -91,7 +91,13 @@ def codec(channel: str) -> Codec:
 
 
 class Stamper:
-    """Wraps messages in envelopes with this process's header and per-channel seq."""
+    """Wraps messages in envelopes with this process's header and a sequence number.
+
+    ``seq`` counts per channel within one Stamper. ``bus.sockets.open_port`` gives
+    every socket its own Stamper (``fork``), so each socket's messages are numbered
+    1, 2, 3... on their own: a PUB stream is contiguous however many replies the
+    same process sends on its ROUTER, and a subscriber that sees a gap lost messages.
+    """
 
     __slots__ = ("src", "pid", "run", "_seq")
 
@@ -100,6 +106,10 @@ class Stamper:
         self.run = run
         self.pid = os.getpid() if pid is None else pid
         self._seq: dict[str, int] = {}
+
+    def fork(self) -> "Stamper":
+        """Same sender header (src, pid, run), counters starting again at 1."""
+        return Stamper(self.src, self.run, self.pid)
 
     def envelope(self, channel: str, msg: Any) -> Envelope:
         seq = self._seq.get(channel, 0) + 1

@@ -5,6 +5,14 @@ carrying the header (schema version, sender, pid, run_id, per-channel sequence,
 timestamp) and ``msg``, a tagged union of the types that belong to the channel.
 The tag is the ``type`` key inside ``msg``.
 
+Schema evolution (SCHEMA_VERSION; docs/PROTOCOL.md, "Versioning"): receivers
+ignore fields they do not know, so a newer peer may add a field with a default
+without breaking an older one, and a message from an older peer that lacks it
+decodes with the default. Anything else an older peer cannot read -- a new
+required field, a removed field, a changed type, constraint or tag, a new value
+of an enumerated field -- bumps SCHEMA_VERSION. tests/test_protocol_evolution.py
+checks the catalogue against the frozen schema of the current version.
+
 Number rule:
 - quantities (order qty, fill qty, positions, lot sizes, volumes) are ``int``:
   whole units of the instrument, so sums of fills equal positions exactly;
@@ -20,7 +28,8 @@ from typing import Annotated, Any, Generic, Literal, TypeVar, Union
 import msgspec
 from msgspec import Meta, Struct
 
-SCHEMA_VERSION = 1
+# 2: receivers ignore unknown fields (1 rejected them); submit.order_type is required.
+SCHEMA_VERSION = 2
 
 # --- constrained scalar types -------------------------------------------------
 # Meta(gt, lt) rejects NaN as well as inf: every comparison with NaN is false.
@@ -36,8 +45,9 @@ ActorName = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[a-z0-9]
 Nanos = Annotated[int, Meta(ge=0)]
 
 
-class _Base(Struct, tag_field="type", kw_only=True, forbid_unknown_fields=True):
-    """Common base: tagged by class name in kebab form, unknown fields rejected."""
+class _Base(Struct, tag_field="type", kw_only=True):
+    """Common base: tagged by class name in kebab form; unknown fields are ignored
+    (schema evolution: a newer peer may add a field with a default)."""
 
 
 def _tag(name: str):
@@ -59,13 +69,15 @@ class Init(_Base, **_tag("init")):
 class Ready(_Base, **_tag("ready")):
     """Actor finished init; ``info`` carries what status should show (counts...)."""
 
-    info: dict[str, Any] = {}
+    info: dict[str, Any] = {}  # counts shown by status; optional "warnings": strings the supervisor logs at warning level
 
 
 class InitFailed(_Base, **_tag("init-failed")):
-    """Actor could not initialise; the supervisor logs ``reason`` and aborts/restarts."""
+    """Actor could not initialise; the supervisor logs ``reason`` and aborts/restarts. The actor
+    then exits 2 if the user's input was refused (a UserError: plugin, params, data file; the
+    supervisor exits 2 with ``config error: <actor>: <reason>``), else 1."""
 
-    reason: Text
+    reason: Text  # one line, in the actor's own words
 
 
 class Fatal(_Base, **_tag("fatal")):
@@ -137,16 +149,16 @@ LifecycleMsg = Union[Loaded, Init, Ready, InitFailed, Fatal, Run, Heartbeat, Sto
 class CtlRequest(_Base, **_tag("ctl")):
     """``cmd`` is one of status, pause, resume, stop-and-close, restart, halt, shutdown."""
 
-    id: Annotated[str, Meta(max_length=64)] = ""
-    cmd: ShortStr
-    arg: ShortStr = ""
+    id: Annotated[str, Meta(max_length=64)] = ""  # echoed in the reply: match replies by it
+    cmd: ShortStr  # status, pause, resume, stop-and-close, halt, restart, shutdown
+    arg: ShortStr = ""  # restart: the actor name
 
 
 class CtlReply(_Base, **_tag("ctl-reply")):
-    id: Annotated[str, Meta(max_length=64)] = ""
+    id: Annotated[str, Meta(max_length=64)] = ""  # the request's id ("" if the request did not decode)
     ok: bool
-    error: Text = ""
-    data: dict[str, Any] = {}
+    error: Text = ""  # ok = false: what went wrong, for a human
+    data: dict[str, Any] = {}  # per command: see "ctl-reply data"
 
 
 ControlMsg = Union[CtlRequest, CtlReply]
@@ -156,7 +168,9 @@ ControlMsg = Union[CtlRequest, CtlReply]
 # Channel "md": market-data PUB (topics md.bar.<SYM>, md.tick.<SYM>, md.eod)
 #               and market-data ROUTER "md.ref" (instrument master, history)
 # =============================================================================
-class Instrument(Struct, kw_only=True, forbid_unknown_fields=True):
+class Instrument(Struct, kw_only=True):
+    """An entry of the instrument master."""
+
     symbol: Symbol
     kind: Literal["equity", "future", "option"]
     tick_size: Price
@@ -171,13 +185,14 @@ class Instrument(Struct, kw_only=True, forbid_unknown_fields=True):
 
 class Bar(_Base, **_tag("bar")):
     symbol: Symbol
-    ts: Nanos  # bar open time
+    ts: Nanos  # bar open time; live synthetic feed: the wall-clock start of the interval it covers
     open: Price
     high: Price
     low: Price
     close: Price
     volume: Annotated[int, Meta(ge=0)] = 0
-    fseq: Annotated[int, Meta(ge=0)] = 0  # per-feed sequence number
+    fseq: Annotated[int, Meta(ge=0)] = 0  # the feed's sequence number, from 1
+    # (the bars of one synthetic time step share it)
 
 
 class Tick(_Base, **_tag("tick")):
@@ -195,8 +210,10 @@ class BarBatch(_Base, **_tag("bar-batch")):
 
 
 class EndOfData(_Base, **_tag("end-of-data")):
-    feed: ShortStr
-    count: Annotated[int, Meta(ge=0)]
+    """The feed is exhausted (replay), on ``md.eod``."""
+
+    feed: ShortStr  # feed name
+    count: Annotated[int, Meta(ge=0)]  # bars/ticks published
     last_fseq: Annotated[int, Meta(ge=0)] = 0
     rows_skipped: Annotated[int, Meta(ge=0)] = 0  # replay rows dropped for bad values (the backtest summary says it)
 
@@ -207,12 +224,12 @@ class InstrumentsRequest(_Base, **_tag("instruments-request")):
 
 class InstrumentsReply(_Base, **_tag("instruments-reply")):
     instruments: list[Instrument]
-    option_mappings: int = 0
+    option_mappings: int = 0  # options mapped to their underlying
 
 
 class HistoryRequest(_Base, **_tag("history-request")):
     symbol: Symbol
-    n: Annotated[int, Meta(ge=1, le=100_000)]
+    n: Annotated[int, Meta(ge=1, le=100_000)]  # the last n bars published (fewer if fewer were kept)
 
 
 class HistoryReply(_Base, **_tag("history-reply")):
@@ -231,7 +248,7 @@ class Progress(_Base, **_tag("progress")):
 
 
 class MdError(_Base, **_tag("md-error")):
-    code: ShortStr
+    code: ShortStr  # see "Error codes"
     text: Text
 
 
@@ -249,27 +266,39 @@ Side = Literal["buy", "sell"]
 OrderType = Literal["market", "limit", "stop"]
 TimeInForce = Literal["GTC", "IOC", "DAY"]
 OrderStatus = Literal["new", "partially-filled", "filled", "cancelled", "rejected", "expired"]
-RejectCode = Literal[
-    "unknown-instrument",
-    "bad-lot-size",
-    "bad-tick-size",
-    "risk-limit",
-    "paused",
-    "halted",
-    "duplicate-client-order-id",
-    "unknown-order",
-    "bad-request",
-]
+# reject.code -> when the exchange sends it (rendered into docs/PROTOCOL.md).
+REJECT_CODES: dict[str, str] = {
+    "unknown-instrument": "the symbol is not in the instrument master",
+    "bad-lot-size": "qty is not a multiple of the instrument's lot_size",
+    "bad-tick-size": "price is not a multiple of the instrument's tick_size",
+    "risk-limit": "max_open_orders, max_position (position + open orders on that side + this order) "
+                  "or max_order_notional would be exceeded",
+    "paused": "trading is paused (`ctl pause`): no new orders; cancels are accepted",
+    "halted": "the kill switch is on (`ctl halt`): no new orders until `ctl resume`",
+    "duplicate-client-order-id": "cl_id was already used, for an order with different terms "
+                                 "(the same terms again get an ack with duplicate = true)",
+    "unknown-order": "cancel: no order has this cl_id",
+    "bad-request": "the fields contradict each other: a market order with a price, "
+                   "a limit or stop order without one",
+}
+RejectCode = Literal[tuple(REJECT_CODES)]  # type: ignore[valid-type]
 
 
 class SubmitOrder(_Base, **_tag("submit")):
-    cl_id: Ident  # client order id: makes submits idempotent
+    """New order. Answered by ``ack`` or ``reject`` on the same DEALER; fills and
+    order updates follow on ``exec``. ``order_type`` is required: nothing becomes a
+    market order by omission. ``tif`` defaults to GTC: it only bounds how long an
+    order rests, and GTC is the one choice that never cancels anything on its own."""
+
+    cl_id: Ident  # client order id, unique across clients and runs of one ledger;
+    # a retry with the same terms is acked again (duplicate = true)
     symbol: Symbol
     side: Side
-    qty: Qty
-    order_type: OrderType = "market"
-    price: Price | None = None  # limit price, or stop trigger price
-    tif: TimeInForce = "GTC"
+    qty: Qty  # whole units of the instrument, a multiple of its lot_size
+    order_type: OrderType  # market: next price; limit: price or better; stop: market once price trades
+    price: Price | None = None  # limit price or stop trigger, on the tick size; null (or absent) for market
+    tif: TimeInForce = "GTC"  # GTC: until filled or cancelled; IOC: fills on the next market data
+    # of its symbol or is cancelled; DAY: expires on the first market data of a later UTC day
 
 
 class CancelOrder(_Base, **_tag("cancel")):
@@ -277,11 +306,14 @@ class CancelOrder(_Base, **_tag("cancel")):
 
 
 class CancelAll(_Base, **_tag("cancel-all")):
-    symbol: str = ""  # empty: every symbol
+    symbol: str = ""  # "" = every symbol
 
 
 class Flatten(_Base, **_tag("flatten")):
-    symbol: str = ""
+    """Cancel the open orders and close the position of ``symbol`` with market orders
+    (allowed while paused or halted: it only reduces risk). Answered by ``cancel-reply``."""
+
+    symbol: str = ""  # "" = every symbol
 
 
 class Query(_Base, **_tag("query")):
@@ -290,66 +322,73 @@ class Query(_Base, **_tag("query")):
 
 class OrderAck(_Base, **_tag("ack")):
     cl_id: Ident
-    order_id: int
+    order_id: int  # the exchange's id of the order, in fills and order updates
     duplicate: bool = False  # True: a retry of an already-accepted submit
 
 
 class OrderReject(_Base, **_tag("reject")):
-    cl_id: str
-    code: RejectCode
-    text: Text
+    cl_id: str  # of the refused submit or cancel
+    code: RejectCode  # see "Reject codes"
+    text: Text  # one line for a human, naming the value that was wrong
 
 
-class OrderInfo(Struct, kw_only=True, forbid_unknown_fields=True):
+class OrderInfo(Struct, kw_only=True):
+    """An order as the exchange holds it (sent by the exchange, which fills in every field)."""
+
     order_id: int
     cl_id: Ident
     symbol: Symbol
     side: Side
     qty: Qty
-    filled: Annotated[int, Meta(ge=0)] = 0
-    order_type: OrderType = "market"
-    price: Price | None = None
-    tif: TimeInForce = "GTC"
+    filled: Annotated[int, Meta(ge=0)] = 0  # quantity filled so far
+    order_type: OrderType = "market"  # as submitted
+    price: Price | None = None  # as submitted
+    tif: TimeInForce = "GTC"  # as submitted
     status: OrderStatus = "new"
-    ts: Nanos = 0
+    ts: Nanos = 0  # when the exchange accepted it, ns
 
 
-class PositionInfo(Struct, kw_only=True, forbid_unknown_fields=True):
+class PositionInfo(Struct, kw_only=True):
+    """A position of the account (one per symbol ever traded)."""
+
     symbol: Symbol
-    qty: SignedQty
-    avg_price: Annotated[float, Meta(ge=0.0, lt=1e12)] = 0.0
-    mark: Annotated[float, Meta(ge=0.0, lt=1e12)] = 0.0
-    realized: Money = 0.0
-    unrealized: Money = 0.0
+    qty: SignedQty  # signed: > 0 long, < 0 short
+    avg_price: Annotated[float, Meta(ge=0.0, lt=1e12)] = 0.0  # average entry price
+    mark: Annotated[float, Meta(ge=0.0, lt=1e12)] = 0.0  # last price the exchange saw
+    realized: Money = 0.0  # before fees
+    unrealized: Money = 0.0  # qty * (mark - avg_price) * multiplier
     fees: Money = 0.0
 
 
-class AccountInfo(Struct, kw_only=True, forbid_unknown_fields=True):
+class AccountInfo(Struct, kw_only=True):
+    """The account, as the exchange computes it."""
+
     cash: Money
-    equity: Money
+    equity: Money  # cash + positions at their marks
     initial_cash: Money = 0.0
-    realized: Money = 0.0
+    realized: Money = 0.0  # before fees
     unrealized: Money = 0.0
     fees: Money = 0.0
-    gross_exposure: Money = 0.0
+    gross_exposure: Money = 0.0  # sum of abs(qty * mark * multiplier)
 
 
 class QueryReply(_Base, **_tag("query-reply")):
-    positions: list[PositionInfo] = []
-    orders: list[OrderInfo] = []
-    account: AccountInfo | None = None
+    positions: list[PositionInfo] = []  # every symbol ever traded, flat ones too (what = all, positions)
+    orders: list[OrderInfo] = []  # the open orders, of every client (what = all, orders)
+    account: AccountInfo | None = None  # null unless what = all or account
     paused: bool = False
     halted: bool = False
 
 
 class CancelReply(_Base, **_tag("cancel-reply")):
-    cancelled: list[int] = []
+    cancelled: list[int] = []  # order ids cancelled; [] when the order was already done
+    # (a retried cancel is harmless)
 
 
 class Fill(_Base, **_tag("fill")):
     fill_id: int
     order_id: int
-    cl_id: Ident
+    cl_id: Ident  # of the order: how a client recognises its own fills
     symbol: Symbol
     side: Side
     qty: Qty
@@ -360,22 +399,43 @@ class Fill(_Base, **_tag("fill")):
     realized: Money = 0.0  # PnL this fill realized by closing (part of) a position, before fees
 
 
+# order-update.reason -> when the exchange sends it (rendered into docs/PROTOCOL.md;
+# tests/test_protocol_doc.py checks that actors/exchange.py uses no other).
+ORDER_UPDATE_REASONS: dict[str, str] = {
+    "accepted": "a submit was accepted (status new)",
+    "filled": "the order filled (status filled); its fill precedes it on exec",
+    "cancel": "cancelled by a cancel request",
+    "cancel-all": "cancelled by a cancel-all request",
+    "flatten": "a flatten cancelled it, or this is the market order a flatten sent (cl_id flatten-N)",
+    "halt": "cancelled by the kill switch (`ctl halt`)",
+    "day order expired": "a DAY order met the first market data of a later UTC day (status expired)",
+    "day order expired at end of data": "a DAY order still open at end of data (status expired)",
+    "ioc not filled on the next market data": "an IOC order did not fill on the next market data of its symbol "
+                                              "(status cancelled)",
+    "ioc not filled before end of data": "an IOC order still open at end of data (status cancelled)",
+}
+
+
 class OrderUpdate(_Base, **_tag("order-update")):
-    order: OrderInfo
-    reason: Text = ""
+    """Every change of an order's status, on ``exec.order.<SYMBOL>``."""
+
+    order: OrderInfo  # the whole order after the change
+    reason: Text = ""  # why it changed: see "order-update reasons"
 
 
 class AccountUpdate(_Base, **_tag("account-update")):
+    """The whole account after every fill and on mark changes (at most every 250 ms), on ``acct.update``."""
+
     account: AccountInfo
-    positions: list[PositionInfo] = []
-    ts: Nanos = 0
+    positions: list[PositionInfo] = []  # every symbol ever traded, flat ones too
+    ts: Nanos = 0  # market time of the fill, or send time for a mark update
 
 
 class OrdersError(_Base, **_tag("error")):
-    """Reply to a request that could not be decoded at all."""
+    """Reply to a request that could not be decoded, or that is not a request."""
 
-    code: ShortStr
-    text: Text
+    code: ShortStr  # see "Error codes"
+    text: Text  # the decoder's reason, naming the field (e.g. `$.msg.qty`)
 
 
 OrdersMsg = Union[
@@ -401,34 +461,52 @@ OrdersMsg = Union[
 #                  ROUTER "state.snap" (snapshots) -- the zguide Clone pattern
 # =============================================================================
 class SnapshotRequest(_Base, **_tag("snapshot-request")):
-    # Why the client asks: "join", "gap", "restart", "stale". PUB drops silently
-    # per subscriber, so a client's report of the deltas it missed is the only
-    # way the publisher can count them.
-    reason: ShortStr = ""
-    missed: Annotated[int, Meta(ge=0)] = 0
+    """Answered by ``snapshot``. PUB drops silently per subscriber, so a client's
+    report of the deltas it missed is the only way the publisher can count them."""
+
+    reason: ShortStr = ""  # why the client asks: join, gap, restart, stale
+    missed: Annotated[int, Meta(ge=0)] = 0  # deltas the client knows it lost
 
 
 class Snapshot(_Base, **_tag("snapshot")):
     state_seq: Annotated[int, Meta(ge=0)]  # the last delta this snapshot includes
-    state: dict[str, Any]
+    state: dict[str, Any]  # the whole view: see "The state view"
 
 
 class Delta(_Base, **_tag("delta")):
-    state_seq: Annotated[int, Meta(ge=1)]
+    state_seq: Annotated[int, Meta(ge=1)]  # +1 per delta
     key: ShortStr  # top-level key of the view that changed
-    value: Any
+    value: Any  # its whole new value
 
 
 class StateHeartbeat(_Base, **_tag("state-heartbeat")):
-    state_seq: Annotated[int, Meta(ge=0)]
+    state_seq: Annotated[int, Meta(ge=0)]  # the latest delta's
 
 
 class StateError(_Base, **_tag("state-error")):
-    code: ShortStr
+    code: ShortStr  # see "Error codes"
     text: Text
 
 
 StateMsg = Union[SnapshotRequest, Snapshot, Delta, StateHeartbeat, StateError]
+
+
+# Error replies: message type -> code -> when it is sent (rendered into
+# docs/PROTOCOL.md; tests/test_protocol_doc.py checks the actors use no other).
+ERROR_CODES: dict[str, dict[str, str]] = {
+    "error": {
+        "bad-request": "orders: the request did not decode (text names the field), or is not a request "
+                       "(e.g. a fill sent to the exchange)",
+    },
+    "md-error": {
+        "bad-request": "md.ref: the request did not decode, or is not an instruments-request or history-request",
+        "unknown-symbol": "history-request for a symbol that is not in the instrument master",
+    },
+    "state-error": {
+        "bad-request": "state.snap: the request did not decode",
+        "unexpected-type": "state.snap: a message other than snapshot-request",
+    },
+}
 
 
 # =============================================================================
@@ -437,14 +515,14 @@ StateMsg = Union[SnapshotRequest, Snapshot, Delta, StateHeartbeat, StateError]
 T = TypeVar("T")
 
 
-class Envelope(Struct, Generic[T], kw_only=True, forbid_unknown_fields=True):
-    v: int  # schema version, must equal SCHEMA_VERSION
-    src: Annotated[str, Meta(max_length=64)]  # sender actor/process name
-    pid: int
-    run: Annotated[str, Meta(max_length=64)]  # run_id
-    seq: Annotated[int, Meta(ge=0)]  # sender's per-channel sequence number
-    ts: Nanos  # send time, ns
-    msg: T
+class Envelope(Struct, Generic[T], kw_only=True):
+    v: int  # schema version: must equal this build's SCHEMA_VERSION
+    src: Annotated[str, Meta(max_length=64)]  # sender process name (supervisor, market-data, ctl, ...)
+    pid: int  # sender pid: a new pid is a restarted sender, whose seq starts at 1 again
+    run: Annotated[str, Meta(max_length=64)]  # run_id of the sender's run ("" for ad-hoc clients)
+    seq: Annotated[int, Meta(ge=0)]  # per sending socket: 1, 2, 3, ... (see "seq")
+    ts: Nanos  # send time, ns since the Unix epoch (> 2^53: decode as a 64-bit integer)
+    msg: T  # the message; its "type" key is the tag
 
 
 CHANNEL_UNIONS: dict[str, Any] = {

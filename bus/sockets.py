@@ -319,7 +319,12 @@ def open_port(
     rcvhwm: int | None = None,
     sock_type: int | None = None,
 ) -> Port:
-    """Create, configure and bind/connect the socket for endpoint ``name``."""
+    """Create, configure and bind/connect the socket for endpoint ``name``.
+
+    The port stamps with its own fork of ``stamper``: envelope ``seq`` counts the
+    messages sent on this one socket (docs/PROTOCOL.md, "seq"), never those the
+    process sends on its other sockets of the same channel.
+    """
     spec = SPECS[name]
     st = sock_type if sock_type is not None else (spec.bind_type if bind else spec.connect_type)
     s = ctx.socket(st)
@@ -362,7 +367,7 @@ def open_port(
     except Exception:
         s.close(linger=0)
         raise
-    return Port(s, name, spec.channel, stamper, "bind" if bind else "connect", st, addr=addr,
+    return Port(s, name, spec.channel, stamper.fork(), "bind" if bind else "connect", st, addr=addr,
                 curve_server=bind and addr.startswith("tcp://"))
 
 

@@ -284,9 +284,10 @@ def test_bad_requests_get_an_error_and_change_nothing(env):
                                                 price=float("nan"))),
         e.st_stamp.encode("orders", SubmitOrder(cl_id="n2", symbol="AAA", side="buy", qty=1, order_type="limit",
                                                 price=float("inf"))),
-        e.st_stamp.encode("orders", SubmitOrder(cl_id="n3", symbol="AAA", side="buy", qty=0)),
-        e.st_stamp.encode("orders", SubmitOrder(cl_id="n4", symbol="AAA", side="buy", qty=-5)),
-        e.st_stamp.encode("orders", SubmitOrder(cl_id="n5", symbol="AAA", side="buy", qty="1")),  # wrong type
+        e.st_stamp.encode("orders", SubmitOrder(cl_id="n3", symbol="AAA", side="buy", qty=0, order_type="market")),
+        e.st_stamp.encode("orders", SubmitOrder(cl_id="n4", symbol="AAA", side="buy", qty=-5, order_type="market")),
+        e.st_stamp.encode("orders", SubmitOrder(cl_id="n5", symbol="AAA", side="buy", qty="1",  # wrong type
+                                                order_type="market")),
         e.st_stamp.encode("md", Bar(symbol="AAA", ts=T0, open=1.0, high=1.0, low=1.0, close=1.0)),  # wrong channel
     ]
     for raw in bad_payloads:

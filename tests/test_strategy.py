@@ -123,7 +123,7 @@ def test_target_position_counts_fills_and_updates_in_either_order():
     ctx.target_position("GOOG", 4)
     assert (sent[-1].side, sent[-1].qty) == ("sell", 4)
     with pytest.raises(ValueError, match="unknown instrument"):
-        ctx.submit("MSFT", "buy", 1)
+        ctx.submit("MSFT", "buy", 1, "market")
 
 
 def test_zscore_reversion_example():

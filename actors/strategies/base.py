@@ -23,7 +23,8 @@ to its constructor as keyword arguments::
 
 Hooks (all optional): ``on_start``, ``on_bar(bar)``, ``on_tick(tick)``,
 ``on_fill(fill)``, ``on_order_rejected(reject)``, ``on_stop``.
-Helpers: ``submit``, ``cancel``, ``target_position``; read access: ``position``,
+Helpers: ``submit(symbol, side, qty, order_type, price=None, tif="GTC")`` (order_type
+has no default), ``cancel``, ``target_position`` (market orders); read access: ``position``,
 ``instruments``, ``params``, ``log``.
 
 Orders are only sent while the host is trading: not while it is warming up
@@ -37,13 +38,16 @@ from __future__ import annotations
 import itertools
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, get_args
 
 from bus.messages import (
-    Bar, CancelOrder, Fill, Instrument, OrderReject, OrderUpdate, QueryReply, SubmitOrder, Tick,
+    Bar, CancelOrder, Fill, Instrument, OrderReject, OrderType, OrderUpdate, QueryReply, SubmitOrder, Tick,
+    TimeInForce,
 )
 
 SIDES = ("buy", "sell")
+ORDER_TYPES = get_args(OrderType)
+TIFS = get_args(TimeInForce)
 TERMINAL = ("filled", "cancelled", "rejected", "expired")
 
 
@@ -134,7 +138,7 @@ class Context:
     def next_cl_id(self) -> str:
         return f"{self.cl_prefix}-{next(self._ids)}"
 
-    def submit(self, symbol: str, side: str, qty: int, order_type: str = "market", price: float | None = None,
+    def submit(self, symbol: str, side: str, qty: int, order_type: str, price: float | None = None,
                tif: str = "GTC") -> str | None:
         if symbol not in self.instruments:
             raise ValueError(f"submit: unknown instrument {symbol!r}")
@@ -142,6 +146,10 @@ class Context:
             raise ValueError(f"submit: side must be 'buy' or 'sell', not {side!r}")
         if not isinstance(qty, int) or isinstance(qty, bool) or qty <= 0:
             raise ValueError(f"submit: qty must be a positive int, not {qty!r}")
+        if order_type not in ORDER_TYPES:
+            raise ValueError(f"submit: order_type must be one of {', '.join(ORDER_TYPES)}, not {order_type!r}")
+        if tif not in TIFS:
+            raise ValueError(f"submit: tif must be one of {', '.join(TIFS)}, not {tif!r}")
         if not self.can_trade(symbol):
             self.suppressed += 1
             return None
@@ -166,7 +174,7 @@ class Context:
         diff = qty - self.position(symbol) - self.inflight(symbol)
         if diff == 0:
             return None
-        return self.submit(symbol, "buy" if diff > 0 else "sell", abs(diff))
+        return self.submit(symbol, "buy" if diff > 0 else "sell", abs(diff), "market")
 
 
 class Strategy:
@@ -203,9 +211,12 @@ class Strategy:
         """The actor is stopping."""
 
     # -------------------------------------------------------------- helpers
-    def submit(self, symbol: str, side: str, qty: int, order_type: str = "market", price: float | None = None,
+    def submit(self, symbol: str, side: str, qty: int, order_type: str, price: float | None = None,
                tif: str = "GTC") -> str | None:
-        """Send an order; returns its client order id, or None while warming/paused."""
+        """Send an order; returns its client order id, or None while warming/paused.
+
+        ``order_type`` ("market", "limit" or "stop") has no default: nothing becomes
+        a market order by omission. ``price`` is the limit or stop price (None for market)."""
         return self._ctx.submit(symbol, side, qty, order_type, price, tif)
 
     def cancel(self, cl_id: str) -> bool:
@@ -213,7 +224,8 @@ class Strategy:
         return self._ctx.cancel(cl_id)
 
     def target_position(self, symbol: str, qty: int) -> str | None:
-        """Trade towards ``qty`` (signed), counting orders already in flight: never double-sends."""
+        """Trade towards ``qty`` (signed) with a market order, counting orders already in
+        flight: never double-sends."""
         return self._ctx.target_position(symbol, qty)
 
     def position(self, symbol: str) -> int:
