@@ -531,6 +531,10 @@ class PaperExchange(Actor):
         return max(x.commission_min, x.commission_pct * qty * px * mult + x.commission_per_unit * qty)
 
     def _fill(self, o: OrderInfo, px: float, ts: int) -> None:
+        if not self.backtest and ts < o.ts:
+            # Live, bars carry the wall-clock start of their interval: a next-open fill
+            # would be stamped a moment before the order it fills. Never before it.
+            ts = o.ts
         p = self.acct.positions.get(o.symbol)
         inst = self.instruments.get(o.symbol)
         mult = p.multiplier if p is not None else (inst.multiplier if inst else 1.0)

@@ -104,3 +104,21 @@ def test_exchange_kill_restarts_strategy_and_recovers_position(procs, run_dir):
     wait_for(lambda: info(run_dir, "paper-exchange").get("fills", 0) >= 2, 10, "fills rebuilt from the ledger")
     p.send_signal(signal.SIGTERM)
     assert p.wait(30) == 0
+
+
+def test_live_fill_and_order_times_are_wall_clock(procs, run_dir):
+    """Live time is wall-clock time: a fill is never stamped before the order it fills,
+    and both are within seconds of now (before, fills carried a simulated market time)."""
+    import time
+    t0 = time.time_ns()
+    p = start_supervisor(procs, run_dir, config=DEFAULT, sets=[
+        "market_data.rate_hz=50", "strategy.plugin=actors.strategies.pingpong:PingPong", "strategy.params={ qty = 1 }"])
+    wait_for(lambda: info(run_dir, "paper-exchange").get("fills", 0) >= 10, 30, "10 fills")
+    ctl_ok(run_dir, "shutdown")
+    assert p.wait(30) == 0
+    t1 = time.time_ns()
+    db = sqlite3.connect(os.path.join(run_dir, "ledger.sqlite"))
+    rows = db.execute("SELECT f.ts, o.ts FROM fills f JOIN orders o USING (order_id)").fetchall()
+    db.close()
+    assert len(rows) >= 10
+    assert all(t0 <= o <= f <= t1 for f, o in rows), [(f, o) for f, o in rows if not t0 <= o <= f <= t1][:3]
