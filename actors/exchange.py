@@ -118,6 +118,9 @@ class PaperExchange(Actor):
 
         # Backtest state (see the module docstring).
         self.backtest = self.cfg.service.mode == "backtest"
+        # Live on a feed whose time is the wall clock (not a replay of market time), like
+        # the order times: a fill then never comes before its order (_fill).
+        self.wall_clock = not self.backtest and self.cfg.market_data.feed != "replay"
         self.gate = 0  # strategy progress: every order from bars <= gate is in
         self.done_fseq = 0  # last bar processed
         self.pending: deque[Bar] = deque()
@@ -531,8 +534,8 @@ class PaperExchange(Actor):
         return max(x.commission_min, x.commission_pct * qty * px * mult + x.commission_per_unit * qty)
 
     def _fill(self, o: OrderInfo, px: float, ts: int) -> None:
-        if not self.backtest and ts < o.ts:
-            # Live, bars carry the wall-clock start of their interval: a next-open fill
+        if self.wall_clock and ts < o.ts:
+            # Live bars carry the wall-clock start of their interval: a next-open fill
             # would be stamped a moment before the order it fills. Never before it.
             ts = o.ts
         p = self.acct.positions.get(o.symbol)

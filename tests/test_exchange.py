@@ -43,7 +43,9 @@ def make_cfg(**exchange):
     # Generous orphan guard: the test pumps heartbeats only while it waits.
     sup = msgspec.structs.replace(cfg.supervisor, heartbeat_ms=500, heartbeat_misses=40)
     ex = msgspec.structs.replace(cfg.exchange, **exchange)
-    return msgspec.structs.replace(cfg, supervisor=sup, exchange=ex)
+    # Market data on its own clock (T0 is 2023), as a replay is: fills keep the bar's time.
+    md = msgspec.structs.replace(cfg.market_data, feed="replay")
+    return msgspec.structs.replace(cfg, supervisor=sup, exchange=ex, market_data=md)
 
 
 class Env:
