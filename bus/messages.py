@@ -135,7 +135,7 @@ LifecycleMsg = Union[Loaded, Init, Ready, InitFailed, Fatal, Run, Heartbeat, Sto
 # Channel "control": CLI (DEALER or REQ) -> supervisor ROUTER
 # =============================================================================
 class CtlRequest(_Base, **_tag("ctl")):
-    """``cmd`` is one of status, pause, resume, stop-and-close, restart, halt, shutdown."""
+    """``cmd`` is one of status, pause, resume, stop-and-close, restart, halt, unhalt, shutdown."""
 
     id: Annotated[str, Meta(max_length=64)] = ""
     cmd: ShortStr
@@ -339,6 +339,7 @@ class QueryReply(_Base, **_tag("query-reply")):
     account: AccountInfo | None = None
     paused: bool = False
     halted: bool = False
+    flattening: bool = False  # flatten orders of the exchange's own are still open
 
 
 class CancelReply(_Base, **_tag("cancel-reply")):
@@ -365,9 +366,16 @@ class OrderUpdate(_Base, **_tag("order-update")):
 
 
 class AccountUpdate(_Base, **_tag("account-update")):
+    """The account, and the exchange's trading state (it is the authority for
+    paused/halted, persisted in its ledger): published on every change of
+    either, so subscribers never have to guess."""
+
     account: AccountInfo
     positions: list[PositionInfo] = []
     ts: Nanos = 0
+    paused: bool = False
+    halted: bool = False
+    flattening: bool = False
 
 
 class OrdersError(_Base, **_tag("error")):
