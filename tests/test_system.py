@@ -183,6 +183,16 @@ def test_halt_survives_strategy_and_exchange_restarts(procs, run_dir):
     assert st["state"] == "halted" and st["orders_sent"] == 0 and st["rejects"] == 0, st
     ctl_ok(run_dir, "shutdown")
     assert p.wait(30) == 0
+    # a new supervisor on the same run directory: still halted, everywhere
+    p = start_supervisor(procs, run_dir, config=DEFAULT, sets=PING)
+    st = strategy_after_bars(run_dir)
+    assert st["state"] == "halted" and st["orders_sent"] == 0 and st["rejects"] == 0, st
+    assert info(run_dir, "paper-exchange")["halted"] is True
+    run_id = status_now(run_dir)["run_id"]
+    wait_for(lambda: (v := status_json(run_dir))["run_id"] == run_id and v["trading"]["state"] == "halted", 10,
+             "this run's status.json says halted")
+    ctl_ok(run_dir, "shutdown")
+    assert p.wait(30) == 0
 
 
 def test_resume_does_not_lift_a_halt_unhalt_does(procs, run_dir):
