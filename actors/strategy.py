@@ -18,7 +18,9 @@ strategy takes them from the Query at start and from every AccountUpdate, and
 sends no order while the exchange is paused or halted, whatever its own
 ``pause``/``resume`` said, so it never sends orders the exchange would reject.
 A plugin exception is not caught: the actor exits 1 with the traceback in its
-log and the supervisor restarts it (a strategy in an unknown state must not trade).
+log and the supervisor restarts it (a strategy in an unknown state must not
+trade); one that keeps crashing is disabled (``on_give_up = "disable"``, see
+docs/ARCHITECTURE.md) while the rest of the system runs on.
 """
 
 from __future__ import annotations
