@@ -8,7 +8,9 @@ Modelled on Erlang/OTP supervision with systemd-style readiness:
   dependencies are READY; RUN goes to all once all are READY;
 - children are reaped on SIGCHLD (no polling, no zombies) and restarted by
   policy (permanent/transient/temporary) with exponential backoff and an
-  intensity limit; ``supervisor.restart_with`` restarts dependants together;
+  intensity limit (past it: stop everything, or with ``on_give_up = "disable"``
+  leave that one actor failed and run on); ``supervisor.restart_with`` restarts
+  dependants together;
 - heartbeats both ways; a silent (hung) actor is SIGKILLed and restarted;
 - SIGINT/SIGTERM/``ctl shutdown``: STOP in reverse start order, then SIGTERM,
   then SIGKILL; a second Ctrl+C forces it at once;
