@@ -563,7 +563,9 @@ class Supervisor:
                 o.restart_why = f"restart with {c.name}"
                 self.stop_child(o, f"restart with {c.name}")
 
-    # Actors that send orders: disabling one cancels its open orders at the exchange.
+    # Actors that send orders and take paused/halted from the exchange (its ledger
+    # keeps them): disabling one cancels its open orders there; one that is not
+    # running when a pause or resume fans out misses nothing, it reads the state at start.
     ORDER_SENDERS = ("strategy",)
     EXCHANGE = "paper-exchange"
 
@@ -859,6 +861,9 @@ class Supervisor:
                 # Nothing to tell it now; restarted, it takes paused/halted from the exchange.
                 job.results[actor] = {"ok": True, "skipped": f"{actor} is disabled (failed); "
                                                              f"`ctl restart {actor}` re-enables it"}
+            elif c is not None and actor in self.ORDER_SENDERS and c.state != "running":
+                job.results[actor] = {"ok": True, "skipped": f"{actor} is {self.EVENT_STATE.get(c.state, c.state)}; "
+                                                             "it takes the exchange's state when it starts"}
             elif c is None or not c.alive or c.state != "running":
                 job.results[actor] = {"ok": False, "error": f"{actor} is not running"}
             else:

@@ -277,14 +277,19 @@ def test_crash_looping_strategy_is_disabled_and_the_rest_runs_on(procs, run_dir)
     ev = [e for e in log_events(run_dir) if e["event"] == "actor disabled: restart intensity exceeded"]
     assert len(ev) == 1 and ev[0]["level"] == "error"
 
-    # the bug fixed, `ctl restart strategy` brings it back
+    # the operator pauses meanwhile: that is not an error, the strategy will read it when it starts
+    rep = request(run_dir, "pause", timeout=3.0)
+    assert rep.ok and rep.data["actors"]["strategy"] == {
+        "ok": True, "skipped": "strategy is disabled (failed); `ctl restart strategy` re-enables it"}
+    # the bug fixed, `ctl restart strategy` brings it back, paused as the operator left it
     os.unlink(fuse)
     code, out, err = ctl_text(run_dir, "restart", "strategy")
     assert code == 0 and "strategy re-enabled" in out, (out, err)
     wait_for(lambda: (field(run_dir, "actors", "strategy") or {}).get("state") == "running", 30, "strategy back")
     st = strategy_after_bars(run_dir, 20)
-    assert st["positions"] == {"SYN1": 10} and st["state"] == "trading"
-    assert status_now(run_dir)["actors"]["strategy"]["state"] == "running"
+    assert st["positions"] == {"SYN1": 10} and st["state"] == "paused"
+    ctl_ok(run_dir, "resume")
+    wait_for(lambda: info(run_dir, "strategy").get("state") == "trading", 10, "the strategy trading")
     wait_for(lambda: status_json(run_dir)["trading"]["state"] == "trading", 10, "the view shows it trading")
     ctl_ok(run_dir, "shutdown")
     assert p.wait(30) == 0
