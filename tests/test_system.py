@@ -293,3 +293,25 @@ def test_crash_looping_strategy_is_disabled_and_the_rest_runs_on(procs, run_dir)
     wait_for(lambda: status_json(run_dir)["trading"]["state"] == "trading", 10, "the view shows it trading")
     ctl_ok(run_dir, "shutdown")
     assert p.wait(30) == 0
+
+
+def test_flatten_on_disable_closes_the_disabled_strategys_positions(procs, run_dir):
+    fuse = os.path.join(run_dir, "fuse")
+    open(fuse, "w").close()
+    p = start_supervisor(procs, run_dir, config=DEFAULT, wait_running=False, sets=[
+        "market_data.rate_hz=20", "strategy.plugin=tests.fixtures.boom_strategy:Boom",
+        f'strategy.params={{ fuse = "{fuse}" }}', 'strategy.symbols=["SYN1"]', "supervisor.max_restarts=1",
+        "supervisor.backoff_initial_ms=50", "actors.strategy.flatten_on_disable=true"])
+    wait_for(lambda: (field(run_dir, "actors", "strategy") or {}).get("state") == "failed", 60, "strategy disabled")
+    view = wait_for(lambda: (v := status_json(run_dir))["orders"] == {} and not v["positions"]
+                    and v["trading"]["strategy"] == "failed" and v, 15, "flat, no open order")
+    assert view["trading"]["state"] == "failed" and view["trading"]["paused"] is False
+    assert any(e["event"] == "supervisor command done" and e["what"] == "disable strategy"
+               for e in log_events(run_dir))
+    ctl_ok(run_dir, "shutdown")
+    assert p.wait(30) == 0
+    db = sqlite3.connect(os.path.join(run_dir, "ledger.sqlite"))
+    fills = db.execute("SELECT cl_id, side, qty FROM fills ORDER BY fill_id").fetchall()
+    db.close()
+    # the position it held was closed by the exchange's own flatten order
+    assert fills[0][1:] == ("buy", 10) and fills[-1][0].startswith("flatten-") and fills[-1][1:] == ("sell", 10)
