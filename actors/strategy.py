@@ -251,6 +251,9 @@ class StrategyHost(Actor):
             self.paused = True
         elif cmd == "resume":
             self.paused = False
+            # The exchange published its own resume before it answered (which is
+            # when this command was sent): read it, so the reply says "trading".
+            self.drain(self.exec, self._on_exec)
         elif cmd == "stop-and-close":
             self.paused = True
             self.orders.send(Flatten())

@@ -59,6 +59,7 @@ def _zone(now_ns: int) -> str:
 def _signed(x: Any) -> str:
     if not isinstance(x, (int, float)):
         return "-"
+    x = round(x, 2) + 0.0  # no "-0.00"
     colour = "green" if x > 0 else "red" if x < 0 else "white"
     return f"[{colour}]{x:,.2f}[/{colour}]"
 
