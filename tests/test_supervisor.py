@@ -319,3 +319,26 @@ def test_deliberate_restarts_are_not_counted_and_logged_at_info(procs, run_dir):
     assert not any(e["event"] == "restart intensity exceeded" for e in log_events(run_dir))
     p.send_signal(signal.SIGINT)
     assert p.wait(10) == 0
+
+
+def test_disabled_actor_stays_down_and_the_others_keep_their_budget(procs, run_dir):
+    """on_give_up = disable: past the intensity limit the actor is left failed, naming
+    its exception; the others run on, with the whole budget still theirs."""
+    from tests.sup_util import field
+    p = start_supervisor(procs, run_dir, env={"DUMMY_MODE_c": "raise-in-run"}, sets=["actors.c.on_give_up=disable"],
+                         wait_running=False)
+    wait_for(lambda: field(run_dir, "actors", "c", "state") == "failed", 30, "c disabled")
+    st = status(run_dir)
+    assert st["actors"]["c"]["detail"] == (
+        "exit code 1: ValueError: dummy exploded on purpose; disabled: restart intensity exceeded (4 restarts "
+        "within 30s, max_restarts=3); `ctl restart c` re-enables it")
+    assert [st["actors"][n]["state"] for n in ("a", "b")] == ["running", "running"]
+    for i in range(3):  # max_restarts crashes of b: c's crash loop used none of that budget
+        old = actor_pids(run_dir)["b"]
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: field(run_dir, "actors", "b", "state") == "running"
+                 and field(run_dir, "actors", "b", "pid") not in (old, None), 10, f"b back ({i + 1})")
+    st = status(run_dir)
+    assert st["phase"] == "running" and st["actors"]["c"]["state"] == "failed"  # restart_with skips it
+    p.send_signal(signal.SIGINT)
+    assert p.wait(10) == 0
