@@ -8,7 +8,9 @@ Modelled on Erlang/OTP supervision with systemd-style readiness:
   dependencies are READY; RUN goes to all once all are READY;
 - children are reaped on SIGCHLD (no polling, no zombies) and restarted by
   policy (permanent/transient/temporary) with exponential backoff and an
-  intensity limit; ``supervisor.restart_with`` restarts dependants together;
+  intensity limit (past it: stop everything, or with ``on_give_up = "disable"``
+  leave that one actor failed and run on); ``supervisor.restart_with`` restarts
+  dependants together;
 - heartbeats both ways; a silent (hung) actor is SIGKILLed and restarted;
 - SIGINT/SIGTERM/``ctl shutdown``: STOP in reverse start order, then SIGTERM,
   then SIGKILL; a second Ctrl+C forces it at once;
@@ -112,6 +114,7 @@ def read_previous_run(run_dir: str) -> dict:
         return {}
 FINAL_LINE_WAIT_S = 2.0  # how long the last line may wait for a console that is not read
 CTL_DEADLINE_S = 1.5  # answer the CLI before its 2 s timeout even if an actor is silent
+GATE_WAIT_S = 0.2  # a command waits this long at most for the answer it is ordered after (see FANOUT)
 EVENT_REFRESH_S = 1.0  # republish every actor's state so late subscribers catch up
 
 
@@ -230,6 +233,9 @@ class Child:
     sigterm_sent: bool = False
     restart_after_exit: bool = False  # manual / restart_with: restart regardless of policy, not counted
     stderr_at: int = 0  # size of logs/<name>.stderr at spawn: what follows is this process's
+    restart_why: str = ""  # what asked for that restart ("ctl restart", "restart with X")
+    detail: str = ""  # why it is "failed" (shown by ctl status and every ActorEvent while it stays so)
+    disabled: bool = False  # failed by on_give_up = "disable": the others run on, ctl restart re-enables it
     info: dict[str, Any] = field(default_factory=dict)
     status_info: dict[str, Any] = field(default_factory=dict)
 
@@ -244,12 +250,16 @@ class Child:
 
 @dataclass
 class CtlJob:
-    ident: bytes
+    ident: bytes | None  # None: the supervisor's own job (its outcome is logged, not replied)
     delim: bool
     req: CtlRequest
     waiting: dict[int, str]  # command id -> actor
     results: dict[str, Any]
     deadline: float
+    # (actor, command, gate, need_ok), see Supervisor.FANOUT.
+    later: list[tuple[str, str, str, bool]] = field(default_factory=list)
+    args: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
 
 
 class Supervisor:
@@ -279,7 +289,8 @@ class Supervisor:
         self.hb_s = cfg.supervisor.heartbeat_ms / 1000.0
         self.hb_timeout_s = self.hb_s * cfg.supervisor.heartbeat_misses
         self._run_gap = RunGap(min(2 * self.hb_s, self.hb_timeout_s / 2))
-        self.restart_log: list[float] = []  # times of counted restarts (intensity window)
+        self.restart_log: list[tuple[float, str]] = []  # (time, actor) of counted restarts (intensity window)
+        self.deferred: list[CtlJob] = []  # own commands waiting for their actor to run (see disable())
         self.phase = "starting"  # starting running stopping
         self.exit_code = EXIT_OK
         self.shutdown_reason = ""
@@ -366,6 +377,8 @@ class Supervisor:
     EVENT_STATE = {"pending": "stopped", "backoff": "restarting", "loading": "starting", "loaded": "starting"}
 
     def emit(self, c: Child, detail: str = "") -> None:
+        if not detail and c.state == "failed":
+            detail = c.detail  # the periodic republish says why too, for subscribers that join late
         self.events.send(ActorEvent(actor=c.name, state=self.EVENT_STATE.get(c.state, c.state),
                                     pid=c.pid, restarts=c.restarts, detail=detail[:4000]),
                          topic=topic_for("events", "actor"), flags=zmq.NOBLOCK)
@@ -471,6 +484,7 @@ class Supervisor:
         uptime = now - c.started_at
         how = self.describe_exit(rc)
         prev = c.state
+        c.status_info = {}  # it described a process that is gone; the next incarnation reports its own
         if rc == EXIT_DISK:
             # A full or read-only run directory: a restart cannot help. Stop the
             # others in order (or, already stopping, make the exit code say so).
@@ -514,7 +528,9 @@ class Supervisor:
         abnormal = rc != 0
         policy = c.cfg.restart
         forced = c.restart_after_exit
+        why = c.restart_why or "restart"
         c.restart_after_exit = False
+        c.restart_why = ""
         if not forced and (policy == "temporary" or (policy == "transient" and not abnormal)):
             c.state = "exited"
             self.log.warning("actor exited", actor=c.name, pid=c.pid, how=how, uptime_s=round(uptime, 3),
@@ -524,18 +540,27 @@ class Supervisor:
         if not forced:
             if c.ready_at and now - c.ready_at >= self.cfg.supervisor.stable_seconds:
                 c.consecutive = 0
-            self.restart_log = [t for t in self.restart_log if now - t < self.cfg.supervisor.max_seconds]
-            self.restart_log.append(now)
-            if len(self.restart_log) > self.cfg.supervisor.max_restarts:
+            self.restart_log = [(t, n) for t, n in self.restart_log if now - t < self.cfg.supervisor.max_seconds]
+            self.restart_log.append((now, c.name))
+            # An actor that may be disabled has a budget of its own: its crash loop
+            # neither uses up the others' budget nor gets it blamed for theirs.
+            own = c.cfg.on_give_up == "disable"
+            n = sum(1 for _t, a in self.restart_log
+                    if (a == c.name if own else self.children[a].cfg.on_give_up != "disable"))
+            if n > self.cfg.supervisor.max_restarts and own:
+                self.disable(c, how, uptime, n)
+                return
+            if n > self.cfg.supervisor.max_restarts:
                 c.state = "failed"
                 cause = self.exit_cause(c, rc)
                 msg = (f"restart intensity exceeded: {c.name} exited ({how}); "
-                       f"{len(self.restart_log)} restarts within {self.cfg.supervisor.max_seconds:g}s "
+                       f"{n} restarts within {self.cfg.supervisor.max_seconds:g}s "
                        f"(max_restarts={self.cfg.supervisor.max_restarts})"
                        + (f"; last error: {cause}" if cause else ""))
-                self.log.error("restart intensity exceeded", actor=c.name, pid=c.pid, how=how,
-                               restarts_in_window=len(self.restart_log), next="stop everything, exit 1")
-                self.emit(c, how)
+                c.detail = msg
+                self.log.error("restart intensity exceeded", actor=c.name, pid=c.pid, how=how, error=cause,
+                               restarts_in_window=n, next="stop everything, exit 1")
+                self.emit(c, msg)
                 self.begin_shutdown(msg, EXIT_FAIL)
                 return
         delay = 0.0 if forced else min(self.cfg.supervisor.backoff_initial_ms * (2 ** c.consecutive),
@@ -546,15 +571,21 @@ class Supervisor:
         c.restart_due = now + delay
         c.ready_at = 0.0
         c.state = "backoff"
-        self.log.warning("actor exited", actor=c.name, pid=c.pid, how=how, uptime_s=round(uptime, 3),
-                         next=f"restart in {delay:.3f}s", restarts=c.restarts, reason=self.exit_cause(c, rc))
-        self.emit(c, f"{how}; restarting")
+        if forced:  # asked for: an operator's or restart_with's doing, not a failure
+            self.log.info("actor exited", actor=c.name, pid=c.pid, how=how, uptime_s=round(uptime, 3),
+                          next=f"restart now ({why}; not counted toward restart intensity)", restarts=c.restarts)
+            self.emit(c, f"{how}; restarting ({why})")
+        else:
+            self.log.warning("actor exited", actor=c.name, pid=c.pid, how=how, uptime_s=round(uptime, 3),
+                             next=f"restart in {delay:.3f}s", restarts=c.restarts, reason=self.exit_cause(c, rc))
+            self.emit(c, f"{how}; restarting")
         # Restart dependants together (e.g. the strategy re-queries the exchange).
         for other in self.cfg.supervisor.restart_with.get(c.name, []):
             o = self.children.get(other)
             if o is not None and o.alive and o.state in ("ready", "running", "starting", "loading", "loaded"):
                 self.log.info("restarting with", actor=o.name, because=c.name)
                 o.restart_after_exit = True
+                o.restart_why = f"restart with {c.name}"
                 self.stop_child(o, f"restart with {c.name}")
 
     def exit_cause(self, c: Child, rc: int) -> str:
@@ -591,6 +622,67 @@ class Supervisor:
         if rc == EXIT_CONFIG:
             return f"config error: {c.name}: {cause or what}", EXIT_CONFIG
         return f"{c.name} {what}" + (f": {cause}" if cause else ""), EXIT_FAIL
+
+    # Actors that send orders and take paused/halted from the exchange (its ledger
+    # keeps them): disabling one cancels its open orders there; one that is not
+    # running when a pause or resume fans out misses nothing, it reads the state at start.
+    ORDER_SENDERS = ("strategy",)
+    EXCHANGE = "paper-exchange"
+
+    def disable(self, c: Child, how: str, uptime: float, n: int) -> None:
+        """on_give_up = "disable": this actor crash-loops; it stays down, the others run on.
+
+        Its restarts leave the intensity window (a re-enabled actor starts with a
+        clean budget). A strategy's open orders are cancelled
+        at the exchange (its positions kept, or flattened with flatten_on_disable),
+        at once or as soon as the exchange runs."""
+        sup = self.cfg.supervisor
+        self.restart_log = [(t, a) for t, a in self.restart_log if a != c.name]
+        err = self.exit_cause(c, c.proc.returncode if c.proc else 0)
+        c.state = "failed"
+        c.disabled = True
+        # The cause first: it is what a narrow screen keeps.
+        c.detail = (f"{how}{': ' + err if err else ''}; disabled: restart intensity exceeded ({n} restarts "
+                    f"within {sup.max_seconds:g}s, max_restarts={sup.max_restarts}); "
+                    f"`ctl restart {c.name}` re-enables it")
+        self.log.error("actor disabled: restart intensity exceeded", actor=c.name, pid=c.pid, how=how, error=err,
+                       uptime_s=round(uptime, 3), restarts_in_window=n,
+                       next=f"not restarted (on_give_up = disable); the others keep running; "
+                            f"`ctl restart {c.name}` re-enables it")
+        self.emit(c)
+        if c.name not in self.ORDER_SENDERS:
+            return
+        cmd = "flatten" if c.cfg.flatten_on_disable else "cancel-all"
+        if self.EXCHANGE in self.remote:
+            self.log.warning("cannot reach the exchange of a disabled actor", actor=c.name, command=cmd,
+                             exchange_group=self.remote[self.EXCHANGE],
+                             hint=f"run `ctl {'stop-and-close' if cmd == 'flatten' else 'halt'}` on that group's "
+                                  "supervisor if its open orders must go")
+            return
+        if self.EXCHANGE not in self.children:
+            return
+        job = CtlJob(None, False, CtlRequest(cmd=f"disable {c.name}"), {}, {}, 0.0, args={"reason": f"{c.name} disabled"})
+        job.later = [(self.EXCHANGE, cmd, "", False)]
+        self.deferred.append(job)
+        self.send_deferred()
+
+    def send_deferred(self) -> None:
+        """Send the supervisor's own commands whose actor is running now (the exchange
+        may be restarting when the strategy is disabled: its rebuilt book still
+        holds the strategy's orders, so the cancel must wait for it, not be lost)."""
+        keep = []
+        for job in self.deferred:
+            actor, cmd, _gate, _need_ok = job.later[0]
+            c = self.children.get(actor)
+            if c is None or not c.alive or c.state != "running":
+                keep.append(job)
+                continue
+            job.later = []
+            job.started = time.monotonic()
+            job.deadline = job.started + CTL_DEADLINE_S
+            self.send_command(job, actor, cmd)
+            self.jobs.append(job)
+        self.deferred = keep
 
     def fatal_reason(self, c: Child, timeout: float = 1.0) -> str:
         """The reason an actor sent (Fatal) just before exiting with EXIT_DISK.
@@ -705,6 +797,7 @@ class Supervisor:
                 "uptime_s": round(now - c.started_at, 3) if c.alive else None,
                 "heartbeat_age_s": round(now - c.last_seen, 3) if c.alive else None,
                 "info": c.info, "status": c.status_info,
+                **({"detail": c.detail} if c.state == "failed" and c.detail else {}),
             }
         return {"run_id": self.run_id, "previous_run_id": self.previous_run_id,
                 "previous_clean": self.previous_clean, "pid": os.getpid(), "since": self.since, "phase": self.phase,
@@ -715,12 +808,20 @@ class Supervisor:
                     a: {"group": g, "state": self.remote_state.get(a, "unknown")} for a, g in self.remote.items()}}}
                    if self.remote else {})}
 
-    # Which actor commands each ctl command fans out to, in order.
+    # Which actor commands each ctl command fans out to: (actor, command, gate,
+    # need_ok). No gate: sent at once. A gate with need_ok: sent only once that
+    # actor answered ok, so a refused resume (the exchange is halted) changes
+    # nothing anywhere. A gate without: sent once that actor answered, however,
+    # or after GATE_WAIT_S: the strategy stops sending before the exchange
+    # starts rejecting (no order caught in between), yet a silent strategy never
+    # holds up a pause or the kill switch for more than a moment.
     FANOUT = {
-        "pause": [("strategy", "pause"), ("paper-exchange", "pause")],
-        "resume": [("paper-exchange", "resume"), ("strategy", "resume")],
-        "stop-and-close": [("strategy", "pause"), ("paper-exchange", "flatten")],
-        "halt": [("strategy", "pause"), ("paper-exchange", "halt")],
+        "pause": [("strategy", "pause", "", False), ("paper-exchange", "pause", "strategy", False)],
+        "resume": [("paper-exchange", "resume", "", False), ("strategy", "resume", "paper-exchange", True)],
+        "stop-and-close": [("strategy", "pause", "", False),
+                           ("paper-exchange", "stop-and-close", "strategy", False)],
+        "halt": [("strategy", "pause", "", False), ("paper-exchange", "halt", "strategy", False)],
+        "unhalt": [("paper-exchange", "unhalt", "", False)],
     }
 
     def on_control(self, ident: bytes, delim: bool, req: Any) -> None:
@@ -745,12 +846,17 @@ class Supervisor:
                              f"({self.cfg.placement.control[self.remote[req.arg]]}); ask that one", rid=req.id)
             elif c is None:
                 reply(False, f"unknown actor {req.arg!r} (actors: {', '.join(self.order)})", rid=req.id)
-            elif not c.alive:
-                reply(False, f"actor {req.arg} is not running (state {c.state})", rid=req.id)
             elif self.phase != "running":
                 reply(False, f"supervisor is {self.phase}", rid=req.id)
+            elif c.disabled and c.state == "failed":
+                self.reenable(c)
+                reply(True, data={"restarting": c.name, "re-enabled": True,
+                                  "message": f"{c.name} re-enabled: starting again"}, rid=req.id)
+            elif not c.alive:
+                reply(False, f"actor {req.arg} is not running (state {c.state})", rid=req.id)
             else:
                 c.restart_after_exit = True
+                c.restart_why = "ctl restart"
                 self.stop_child(c, "ctl restart")
                 reply(True, data={"restarting": c.name, "pid": c.pid}, rid=req.id)
         elif cmd in self.FANOUT:
@@ -758,35 +864,78 @@ class Supervisor:
                 reply(False, f"supervisor is {self.phase}", rid=req.id)
                 return
             job = CtlJob(ident, delim, req, {}, {}, time.monotonic() + CTL_DEADLINE_S)
-            for actor, acmd in self.FANOUT[cmd]:
-                c = self.children.get(actor)
-                if c is None and actor in self.remote:  # placement: its own supervisor takes the command
-                    job.results[actor] = {"ok": True, "skipped": f"runs under group {self.remote[actor]}"}
-                    continue
-                if c is None or not c.alive or c.state != "running":
-                    job.results[actor] = {"ok": False, "error": f"{actor} is not running"}
-                    continue
-                self.cmd_id += 1
-                job.waiting[self.cmd_id] = actor
-                self.lifecycle.send(Command(id=self.cmd_id, cmd=acmd), to=actor.encode(), flags=zmq.NOBLOCK)
+            job.later = list(self.FANOUT[cmd])
             self.jobs.append(job)
             self.finish_jobs(time.monotonic())
         else:
-            reply(False, f"unknown command {cmd!r} (status, pause, resume, stop-and-close, halt, restart, "
+            reply(False, f"unknown command {cmd!r} (status, pause, resume, stop-and-close, halt, unhalt, restart, "
                          f"shutdown)", rid=req.id)
+
+    def reenable(self, c: Child) -> None:
+        """`ctl restart` of a disabled actor: a fresh start with a clean restart record."""
+        self.log.info("actor re-enabled", actor=c.name, by="ctl restart", was=c.detail)
+        c.disabled = False
+        c.detail = ""
+        c.consecutive = 0
+        c.restarts += 1
+        c.state = "pending"  # spawned on this loop round; INIT once its dependencies are up
+        self.emit(c, "re-enabled by ctl restart")
+
+    def send_command(self, job: CtlJob, actor: str, cmd: str) -> None:
+        self.cmd_id += 1
+        job.waiting[self.cmd_id] = actor
+        self.lifecycle.send(Command(id=self.cmd_id, cmd=cmd, args=job.args), to=actor.encode(), flags=zmq.NOBLOCK)
+
+    def advance(self, job: CtlJob) -> None:
+        """Send what is due of a job's commands; decide those that will not be sent."""
+        pending = []
+        for step in job.later:
+            actor, cmd, gate, need_ok = step
+            if gate:
+                g = job.results.get(gate)
+                if g is None and (need_ok or time.monotonic() - job.started < GATE_WAIT_S):
+                    pending.append(step)
+                    continue
+                if need_ok and not g["ok"]:
+                    job.results[actor] = {"ok": False, "skipped": f"not sent: {gate} refused"}
+                    continue
+            c = self.children.get(actor)
+            if c is None and actor in self.remote:  # placement: its own supervisor takes the command
+                job.results[actor] = {"ok": True, "skipped": f"runs under group {self.remote[actor]}"}
+            elif c is not None and c.disabled and c.state == "failed":
+                # Nothing to tell it now; restarted, it takes paused/halted from the exchange.
+                job.results[actor] = {"ok": True, "skipped": f"{actor} is disabled (failed); "
+                                                             f"`ctl restart {actor}` re-enables it"}
+            elif c is not None and actor in self.ORDER_SENDERS and c.state != "running":
+                job.results[actor] = {"ok": True, "skipped": f"{actor} is {self.EVENT_STATE.get(c.state, c.state)}; "
+                                                             "it takes the exchange's state when it starts"}
+            elif c is None or not c.alive or c.state != "running":
+                job.results[actor] = {"ok": False, "error": f"{actor} is not running"}
+            else:
+                self.send_command(job, actor, cmd)
+        job.later = pending
 
     def finish_jobs(self, now: float) -> None:
         keep = []
         for job in self.jobs:
-            if job.waiting and now < job.deadline:
+            self.advance(job)
+            if (job.waiting or job.later) and now < job.deadline:
                 keep.append(job)
                 continue
             for actor in job.waiting.values():
                 job.results[actor] = {"ok": False, "error": f"{actor} did not answer within {CTL_DEADLINE_S}s"}
+            for actor, _cmd, gate, _need_ok in job.later:
+                job.results[actor] = {"ok": False, "skipped": f"not sent: no answer from {gate}"}
             ok = bool(job.results) and all(r["ok"] for r in job.results.values())
-            errors = "; ".join(f"{a}: {r['error']}" for a, r in job.results.items() if not r["ok"])
-            self.control.send(CtlReply(id=job.req.id, ok=ok, error=errors, data={"actors": job.results}),
-                              to=job.ident, delim=job.delim, flags=zmq.NOBLOCK)
+            errors = "; ".join(f"{a}: {r['error']}" for a, r in job.results.items() if r.get("error"))
+            if job.ident is None:  # our own (disabling an actor): the log says how it went
+                (self.log.info if ok else self.log.error)(
+                    "supervisor command done" if ok else "supervisor command failed", what=job.req.cmd,
+                    **{a: r.get("data", {}).get("message") or r.get("error") or r.get("skipped") or "ok"
+                       for a, r in job.results.items()})
+            else:
+                self.control.send(CtlReply(id=job.req.id, ok=ok, error=errors, data={"actors": job.results}),
+                                  to=job.ident, delim=job.delim, flags=zmq.NOBLOCK)
         self.jobs = keep
 
     def drain(self) -> None:
@@ -928,6 +1077,7 @@ class Supervisor:
                     self.log.info("all actors running", cold_start_s=round(time.monotonic() - t0, 4))
             else:
                 self.start_what_can_start(now)
+                self.send_deferred()
                 for c in self.children.values():
                     if c.state == "ready" and all(self.children[d].state == "running"
                                                   for d in c.cfg.after if d in self.children):

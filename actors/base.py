@@ -215,6 +215,19 @@ class Actor:
                 if expect is None or isinstance(rcv.msg, expect):
                     return rcv
 
+    def drain(self, port: Port, handler: Callable[[Port, Received], None]) -> None:
+        """Handle every message already queued on ``port`` now (non-blocking), e.g.
+        updates published before a reply that depends on them."""
+        while True:
+            try:
+                rcv = port.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except ProtocolError as e:
+                self.on_bad_message(port, e)
+                continue
+            handler(port, rcv)
+
     def _log_bad(self, port: Port, err: ProtocolError) -> None:
         self._bad_logged += 1
         n = port.stats["bad"]

@@ -27,7 +27,11 @@ Fill model (documented rules):
   order closing each position; it is allowed while paused or halted (it only
   reduces risk). Pause rejects new orders ("paused"), halt cancels every open
   order and rejects new ones ("halted"); both flags persist in the ledger, so a
-  restarted exchange stays paused/halted until "resume" (which clears both).
+  restarted exchange stays paused/halted. "resume" clears a pause but never a
+  halt (it is refused while halted); only "unhalt" lifts the kill switch, and
+  leaves trading paused until a "resume". "stop-and-close" pauses and flattens.
+  The flags (and "flattening": flatten orders still open) ride on every
+  AccountUpdate and QueryReply, and an AccountUpdate goes out on each change.
 
 Query returns every position (flat ones too, with their realized PnL), the open
 orders and the account.
@@ -96,6 +100,7 @@ class PaperExchange(Actor):
         x = self.x = self.cfg.exchange
         self.slip = x.slippage_bps / 10_000.0
         self.paused = self.halted = False
+        self.flattening: set[int] = set()  # open flatten orders of the exchange's own
         self.orders: dict[int, OrderInfo] = {}  # every order in the ledger
         self.by_cl: dict[str, tuple[int, tuple]] = {}  # cl_id -> (order_id, request fingerprint)
         self.book: dict[str, list[int]] = {}  # symbol -> open order ids, oldest first
@@ -170,6 +175,8 @@ class PaperExchange(Actor):
             self.by_cl[o.cl_id] = (o.order_id, (o.symbol, o.side, o.qty, o.order_type, o.price, o.tif))
             if o.status in OPEN:
                 self._book_add(o)
+                if r["reason"] == "flatten":
+                    self.flattening.add(o.order_id)
                 if o.tif == "DAY" and r["day"] is not None:
                     self.day_of[o.order_id] = r["day"]
         self.next_oid, self.next_fid = led.next_ids()
@@ -191,6 +198,10 @@ class PaperExchange(Actor):
         self.open_qty[k] -= left
         self.n_open -= 1
         self.day_of.pop(o.order_id, None)
+        if o.order_id in self.flattening:
+            self.flattening.discard(o.order_id)
+            if not self.flattening:
+                self.marks_dirty = True  # the account update then says flattening is over
 
     # -------------------------------------------------------------- requests
     def _reply(self, rcv: Received, msg: Any) -> None:
@@ -291,11 +302,14 @@ class PaperExchange(Actor):
         day = None
         if tif == "DAY" and symbol in self.last_ts:
             day = self.last_ts[symbol] // DAY_NS
-        self.ledger.insert_order(o, day)  # committed before the ack goes out
+        self.ledger.insert_order(o, day, reason)  # committed before the ack goes out
         self.next_oid += 1
         self.orders[o.order_id] = o
         self.by_cl[cl_id] = (o.order_id, (symbol, side, qty, order_type, price, tif))
         self._book_add(o)
+        if reason == "flatten":
+            self.flattening.add(o.order_id)
+            self.marks_dirty = True  # subscribers learn it is flattening
         if day is not None:
             self.day_of[o.order_id] = day
         if self.backtest:
@@ -587,7 +601,8 @@ class PaperExchange(Actor):
 
     def _publish_account(self, ts: int = 0) -> None:
         self.marks_dirty = False
-        self.exec.send(AccountUpdate(account=self._account_info(), positions=self._positions(), ts=ts or time.time_ns()),
+        self.exec.send(AccountUpdate(account=self._account_info(), positions=self._positions(), ts=ts or time.time_ns(),
+                                     paused=self.paused, halted=self.halted, flattening=bool(self.flattening)),
                        topic=TOPIC_ACCT)
 
     def _publish_marks(self) -> None:
@@ -595,7 +610,7 @@ class PaperExchange(Actor):
             self._publish_account()
 
     def _query(self, what: str) -> QueryReply:
-        r = QueryReply(paused=self.paused, halted=self.halted)
+        r = QueryReply(paused=self.paused, halted=self.halted, flattening=bool(self.flattening))
         if what in ("all", "positions"):
             r.positions = self._positions()
         if what in ("all", "orders"):
@@ -643,34 +658,68 @@ class PaperExchange(Actor):
         return report.decimals(inst.tick_size if inst is not None else 0.01)
 
     # --------------------------------------------------------------- control
+    def _set_flags(self, **flags: bool) -> None:
+        """Persist first (a restarted exchange resumes what the operator set), then
+        tell every subscriber at once: the state view and the strategy follow it."""
+        self.ledger.set_flags(**flags)
+        for k, v in flags.items():
+            setattr(self, k, v)
+        self._publish_account()
+
     def on_command(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
         if cmd == "pause":
-            self.paused = True
-            self.ledger.set_flags(paused=True)
+            self._set_flags(paused=True)
         elif cmd == "resume":
-            self.paused = self.halted = False
-            self.ledger.set_flags(paused=False, halted=False)
+            if self.halted:
+                raise CommandError("trading is halted (kill switch): resume does not lift a halt; "
+                                   "`ctl unhalt` does (trading then stays paused until `ctl resume`)")
+            self._set_flags(paused=False)
         elif cmd == "halt":
-            self.halted = True
-            self.ledger.set_flags(halted=True)
+            self._set_flags(halted=True)
             n = self._cancel_where("", "halt")
             self.log.warning("halted (kill switch)", cancelled=len(n))
             return {"halted": True, "cancelled": n}
-        elif cmd == "flatten":
+        elif cmd == "unhalt":
+            if not self.halted:
+                raise CommandError("trading is not halted: there is no halt to lift")
+            # Lifting the kill switch does not start trading: that takes a resume.
+            self._set_flags(halted=False, paused=True)
+            self.log.warning("halt lifted (kill switch off); trading stays paused until resume")
+            return {"halted": False, "paused": True,
+                    "message": "halt lifted; trading stays paused until `ctl resume`"}
+        elif cmd in ("flatten", "stop-and-close"):
             sym = args.get("symbol", "")
             if not isinstance(sym, str):
-                raise CommandError("flatten: symbol must be a string")
+                raise CommandError(f"{cmd}: symbol must be a string")
+            if cmd == "stop-and-close":
+                self._set_flags(paused=True)
             cancelled = self._flatten(sym)
-            return {"cancelled": cancelled, "open_orders": self.n_open}
+            self.log.info("command", cmd=cmd, cancelled=len(cancelled), flattening=len(self.flattening))
+            self._publish_account()
+            return {"cancelled": cancelled, "open_orders": self.n_open, "paused": self.paused,
+                    "flattening": bool(self.flattening)}
+        elif cmd == "cancel-all":
+            # Every open order but the exchange's own flatten orders: what a
+            # disabled strategy left behind (its positions are kept).
+            why = args.get("reason", "cancel-all")
+            if not isinstance(why, str) or not why:
+                raise CommandError("cancel-all: reason must be a non-empty string")
+            victims = [self.orders[oid] for ids in self.book.values() for oid in ids if oid not in self.flattening]
+            self._close_orders(victims, "cancelled", why)
+            self.log.info("command", cmd=cmd, cancelled=len(victims), reason=why)
+            return {"cancelled": [o.order_id for o in victims],
+                    "message": f"cancelled {len(victims)} open order(s)"}
         else:
-            raise CommandError(f"paper-exchange does not handle command {cmd!r} (pause, resume, halt, flatten)")
+            raise CommandError(f"paper-exchange does not handle command {cmd!r} "
+                               "(pause, resume, halt, unhalt, flatten, stop-and-close, cancel-all)")
         self.log.info("command", cmd=cmd, paused=self.paused, halted=self.halted)
         return {"paused": self.paused, "halted": self.halted}
 
     def status(self) -> dict[str, Any]:
         return {"orders": len(self.orders), "fills": self.acct.n_fills, "bars": self.n_prices,
                 "open_orders": self.n_open,
-                "paused": self.paused, "halted": self.halted, "equity": round(self.acct.equity, 2),
+                "paused": self.paused, "halted": self.halted, "flattening": bool(self.flattening),
+                "equity": round(self.acct.equity, 2),
                 "previous_run_id": self.ledger.previous_run_id}
 
     def on_stop(self) -> None:

@@ -210,14 +210,15 @@ class Ledger:
         return o + 1, f + 1
 
     # --------------------------------------------------------------- writes
-    def insert_order(self, o: Any, day: int | None) -> None:
-        """``o`` is an OrderInfo. Raises sqlite3.IntegrityError on a reused cl_id."""
+    def insert_order(self, o: Any, day: int | None, reason: str = "") -> None:
+        """``o`` is an OrderInfo; ``reason`` why it exists ("flatten": the exchange's own, so a
+        restarted exchange still knows it is flattening). Raises sqlite3.IntegrityError on a reused cl_id."""
         with self.txn("ledger.order") as db:
             db.execute(
                 "INSERT INTO orders(order_id, cl_id, symbol, side, qty, filled, order_type, price, tif, status, ts, "
-                "day, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "day, reason, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (o.order_id, o.cl_id, o.symbol, o.side, o.qty, o.filled, o.order_type, o.price, o.tif, o.status,
-                 o.ts, day, time.time_ns()),
+                 o.ts, day, reason, time.time_ns()),
             )
 
     def update_orders(self, changes: list[tuple[int, str, int, str]]) -> None:

@@ -101,7 +101,7 @@ class StatePublisher(Actor):
             rep = self.request(self.orders_port, Query(what="all"), timeout, expect=(QueryReply,))
         except TimeoutError:
             raise RuntimeError(f"paper-exchange did not answer the query on orders within {timeout:g}s")
-        self._drain(self.exec, self._on_exec)  # what was already queued predates the reply
+        self.drain(self.exec, self._on_exec)  # what was already queued predates the reply
         self._changed(self.view.apply(rep.msg))
 
         tick = max(0.01, min(COALESCE_S, self.status_every_s or COALESCE_S, self.hb_state_s / 2))
@@ -112,17 +112,6 @@ class StatePublisher(Actor):
                 "positions": len(self.view.pos), "open_orders": len(self.view.orders)}
 
     # ---------------------------------------------------------------- inputs
-    def _drain(self, port: Port, handler: Any) -> None:
-        while True:
-            try:
-                rcv = port.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            except ProtocolError as e:
-                self.on_bad_message(port, e)
-                continue
-            handler(port, rcv)
-
     def _changed(self, keys: set[str], coalesce: bool = False) -> None:
         if not keys:
             return

@@ -26,6 +26,18 @@ Performance:
                    a win is realized > 0 (before fees). Fills seen before this
                    view started are unknown: ``complete`` says so instead of
                    showing zeros as if nothing had traded.
+
+Trading state (key ``trading``), never guessed: ``paused``, ``halted`` and
+``flattening`` are the exchange's own flags as its last AccountUpdate or
+QueryReply carried them (``known`` False until one came); ``strategy`` is the
+strategy actor's state from the supervisor's events (``failed``: disabled after
+crash-looping, ``strategy_detail`` says why). ``state`` sums them up, the first
+that holds of: halted, flattening, paused, failed (the strategy), trading (the
+strategy is running), idle (it is not, e.g. restarting); "unknown" before the
+exchange reported.
+
+Trades carry ``ts`` (the market time of the fill) and ``at_ns`` (the wall-clock
+time the exchange published it): live, market time runs on its own clock.
 """
 
 from __future__ import annotations
@@ -40,8 +52,9 @@ from bus.messages import (
 
 YEAR_NS = 365.25 * 24 * 3600 * 1e9
 OPEN_STATUSES = ("new", "partially-filled")
-KEYS = ("run_id", "publisher", "actors", "account", "positions", "orders", "trades", "performance", "market",
-        "instruments", "counters")
+KEYS = ("run_id", "publisher", "actors", "trading", "account", "positions", "orders", "trades", "performance",
+        "market", "instruments", "counters")
+STRATEGY = "strategy"  # the actor whose state the trading summary includes
 
 
 def _r(x: float, nd: int = 6) -> float:
@@ -61,6 +74,9 @@ class StateView:
         self.realized = 0.0
         self.fees = 0.0
         self.account_ts = 0
+        # trading flags, as the exchange last reported them
+        self.flags_known = False
+        self.flags = {"paused": False, "halted": False, "flattening": False}
         self.pos: dict[str, dict[str, Any]] = {}  # symbol -> qty, avg_price, exch_mark, realized, fees
         self.orders: dict[int, dict[str, Any]] = {}
         self.trades: deque[dict[str, Any]] = deque(maxlen=last_trades)
@@ -116,13 +132,13 @@ class StateView:
             self.md_updates += len(msg.bars) - len(last)
             return changed
         if isinstance(msg, Fill):
-            return self._fill(msg)
+            return self._fill(msg, ts_ns)
         if isinstance(msg, OrderUpdate):
             return self._order(msg.order)
         if isinstance(msg, AccountUpdate):
-            return self._account(msg.account, msg.positions, msg.ts)
+            return self._account(msg.account, msg.positions, msg.ts) | self._flags(msg)
         if isinstance(msg, QueryReply):
-            changed = set()
+            changed = self._flags(msg)
             if msg.account is not None:
                 changed |= self._account(msg.account, msg.positions, 0)
             old = dict(self.orders)
@@ -165,6 +181,14 @@ class StateView:
         return {"counters"}
 
     # --------------------------------------------------------------- handlers
+    def _flags(self, msg: AccountUpdate | QueryReply) -> set[str]:
+        new = {"paused": msg.paused, "halted": msg.halted, "flattening": msg.flattening}
+        if self.flags_known and new == self.flags:
+            return set()
+        self.flags_known = True
+        self.flags = new
+        return {"trading"}
+
     def _actor(self, ev: ActorEvent, ts_ns: int) -> set[str]:
         # The supervisor republishes every actor's state each second (for late
         # subscribers) with an empty detail: that is no change.
@@ -176,6 +200,9 @@ class StateView:
         if new == old:
             return set()
         self.actors[ev.actor] = new
+        if ev.actor == STRATEGY and (old is None or old["state"] != new["state"]
+                                     or (new["state"] == "failed" and old["detail"] != new["detail"])):
+            return {"actors", "trading"}
         return {"actors"}
 
     @staticmethod
@@ -195,7 +222,7 @@ class StateView:
             return {"orders"}
         return set()
 
-    def _fill(self, f: Fill) -> set[str]:
+    def _fill(self, f: Fill, at_ns: int = 0) -> set[str]:
         self.fills += 1
         if f.realized != 0.0:
             self.closing += 1
@@ -206,7 +233,7 @@ class StateView:
                 self.losses += 1
         self.trades.append({"fill_id": f.fill_id, "order_id": f.order_id, "cl_id": f.cl_id, "symbol": f.symbol,
                             "side": f.side, "qty": f.qty, "price": f.price, "fee": f.fee, "realized": f.realized,
-                            "position": f.position, "ts": f.ts})
+                            "position": f.position, "ts": f.ts, "at_ns": at_ns})
         return {"trades", "performance"}
 
     def _account(self, acct: Any, positions: Iterable[Any], ts: int) -> set[str]:
@@ -303,6 +330,8 @@ class StateView:
             return dict(self.publisher)
         if key == "actors":
             return {k: dict(v) for k, v in sorted(self.actors.items())}
+        if key == "trading":
+            return self._trading()
         if key == "account":
             gross = sum(abs(p["qty"] * self.mark(s) * self.multipliers.get(s, 1.0)) for s, p in self.pos.items())
             return {"known": self.account_known, "cash": _r(self.cash), "equity": _r(self.equity()),
@@ -348,6 +377,18 @@ class StateView:
         if key == "counters":
             return dict(self.counters)
         raise KeyError(f"unknown view key {key!r} (known: {', '.join(KEYS)})")
+
+    def _trading(self) -> dict[str, Any]:
+        a = self.actors.get(STRATEGY)
+        strategy = a["state"] if a else "unknown"
+        f = self.flags
+        if not self.flags_known:
+            state = "unknown"
+        else:
+            state = next((k for k in ("halted", "flattening", "paused") if f[k]), None) or (
+                "failed" if strategy == "failed" else "trading" if strategy == "running" else "idle")
+        return {"state": state, "known": self.flags_known, **f, "strategy": strategy,
+                "strategy_detail": a["detail"] if a and strategy == "failed" else ""}
 
     def snapshot(self) -> dict[str, Any]:
         return {k: self.value(k) for k in KEYS}

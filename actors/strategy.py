@@ -5,15 +5,22 @@ init, in this order, before READY:
    ``strategy.params``; any failure is an init error naming the plugin;
 2. ask market-data (``md.ref``) for the instrument list -- never read the file;
 3. subscribe to ``md`` (bars, ticks, end-of-data) and ``exec`` (fills, order
-   updates), then ``Query`` the exchange for positions and open orders, so a
-   restarted strategy starts from what it already holds;
+   updates, account updates), then ``Query`` the exchange for positions, open
+   orders and its paused/halted flags, so a restarted strategy starts from what
+   it already holds and in the state the operator set;
 4. ``on_start``, then warm the indicators from market-data history (orders are
    refused while warming; history bars never trade).
 
 Commands: ``pause`` (no new orders, bars still consumed so indicators stay
 warm), ``resume``, ``stop-and-close`` (pause, then Flatten at the exchange).
+The exchange is the authority on paused/halted (persisted in its ledger): the
+strategy takes them from the Query at start and from every AccountUpdate, and
+sends no order while the exchange is paused or halted, whatever its own
+``pause``/``resume`` said, so it never sends orders the exchange would reject.
 A plugin exception is not caught: the actor exits 1 with the traceback in its
-log and the supervisor restarts it (a strategy in an unknown state must not trade).
+log and the supervisor restarts it (a strategy in an unknown state must not
+trade); one that keeps crashing is disabled (``on_give_up = "disable"``, see
+docs/ARCHITECTURE.md) while the rest of the system runs on.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from typing import Any
 from actors.base import Actor, CommandError, UserError, main
 from actors.strategies.base import Context, Strategy
 from bus.messages import (
-    Bar, BarBatch, CancelReply, EndOfData, Fill, Flatten, HistoryReply, HistoryRequest, InstrumentsReply,
+    AccountUpdate, Bar, BarBatch, CancelReply, EndOfData, Fill, Flatten, HistoryReply, HistoryRequest, InstrumentsReply,
     InstrumentsRequest, MdError, OrderAck, OrderReject, OrdersError, OrderUpdate, Progress, Query, QueryReply, Tick,
 )
 from bus.sockets import Port, Received
@@ -97,10 +104,12 @@ class StrategyHost(Actor):
         if self.backtest:
             topics.append("md.batch")
         self.md = self.open("md", bind=False, subscribe=[*topics, "md.eod"], handler=self._on_md)
-        self.exec = self.open("exec", bind=False, subscribe=["exec.fill.", "exec.order."], handler=self._on_exec)
+        self.exec = self.open("exec", bind=False, subscribe=["exec.fill.", "exec.order.", "acct.update"],
+                              handler=self._on_exec)
         self.orders = self.open("orders", bind=False, identity="strategy", handler=self._on_orders)
 
-        self.paused = False
+        self.paused = False  # by our own pause/resume commands
+        self.exch_paused = self.exch_halted = False  # as the exchange last said
         self.bars_seen: dict[str, int] = {}
         self.hist_fseq: dict[str, int] = {}  # symbol -> fseq of the last history bar (overlap filter)
         self.eod: list[str] = []
@@ -117,13 +126,16 @@ class StrategyHost(Actor):
         if isinstance(q, OrdersError):
             raise RuntimeError(f"paper-exchange refused the position query: {q.code}: {q.text}")
         self.ctx_.seed(q)
+        self.exch_paused, self.exch_halted = q.paused, q.halted
         held = {s: n for s, n in self.ctx_.positions.items() if n}
-        self.log.info("position recovered", positions=held, open_orders=len(self.ctx_.orders))
+        self.log.info("position recovered", positions=held, open_orders=len(self.ctx_.orders),
+                      exchange_paused=q.paused, exchange_halted=q.halted)
 
         self.plugin.on_start()
         warmed = self._warm_up(ref)
         return {"plugin": sc.plugin, "instruments": len(instruments), "symbols": len(self.symbols),
-                "positions": len(held), "open_orders": len(self.ctx_.orders), "history_bars": warmed}
+                "positions": len(held), "open_orders": len(self.ctx_.orders), "history_bars": warmed,
+                "state": self._state()}
 
     def _warm_up(self, ref: Port) -> int:
         n = self.plugin.warmup_bars
@@ -145,7 +157,7 @@ class StrategyHost(Actor):
 
     # ---------------------------------------------------------------- gating
     def _can_trade(self, symbol: str) -> bool:
-        return (not self.paused and not self._in_history
+        return (not self.paused and not self.exch_paused and not self.exch_halted and not self._in_history
                 and self.bars_seen.get(symbol, 0) >= self.plugin.warmup_bars)
 
     _in_history = False
@@ -216,6 +228,10 @@ class StrategyHost(Actor):
                 self.plugin.on_fill(msg)
         elif isinstance(msg, OrderUpdate):
             self.ctx_.apply_update(msg)
+        elif isinstance(msg, AccountUpdate):
+            if (msg.paused, msg.halted) != (self.exch_paused, self.exch_halted):
+                self.exch_paused, self.exch_halted = msg.paused, msg.halted
+                self.log.info("exchange trading state", paused=msg.paused, halted=msg.halted, state=self._state())
 
     def _on_orders(self, port: Port, rcv: Received) -> None:
         msg = rcv.msg
@@ -235,6 +251,9 @@ class StrategyHost(Actor):
             self.paused = True
         elif cmd == "resume":
             self.paused = False
+            # The exchange published its own resume before it answered (which is
+            # when this command was sent): read it, so the reply says "trading".
+            self.drain(self.exec, self._on_exec)
         elif cmd == "stop-and-close":
             self.paused = True
             self.orders.send(Flatten())
@@ -244,7 +263,9 @@ class StrategyHost(Actor):
         return {"state": self._state()}
 
     def _state(self) -> str:
-        if self.paused:
+        if self.exch_halted:
+            return "halted"
+        if self.paused or self.exch_paused:
             return "paused"
         w = self.plugin.warmup_bars
         if any(self.bars_seen.get(s, 0) < w for s in self.symbols if self.ctx_.instruments[s].kind != "option"):

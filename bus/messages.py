@@ -147,10 +147,10 @@ LifecycleMsg = Union[Loaded, Init, Ready, InitFailed, Fatal, Run, Heartbeat, Sto
 # Channel "control": CLI (DEALER or REQ) -> supervisor ROUTER
 # =============================================================================
 class CtlRequest(_Base, **_tag("ctl")):
-    """``cmd`` is one of status, pause, resume, stop-and-close, restart, halt, shutdown."""
+    """``cmd`` is one of status, pause, resume, stop-and-close, restart, halt, unhalt, shutdown."""
 
     id: Annotated[str, Meta(max_length=64)] = ""  # echoed in the reply: match replies by it
-    cmd: ShortStr  # status, pause, resume, stop-and-close, halt, restart, shutdown
+    cmd: ShortStr  # status, pause, resume, stop-and-close, halt, unhalt, restart, shutdown
     arg: ShortStr = ""  # restart: the actor name
 
 
@@ -378,6 +378,7 @@ class QueryReply(_Base, **_tag("query-reply")):
     account: AccountInfo | None = None  # null unless what = all or account
     paused: bool = False
     halted: bool = False
+    flattening: bool = False  # flatten orders of the exchange's own are still open
 
 
 class CancelReply(_Base, **_tag("cancel-reply")):
@@ -424,11 +425,16 @@ class OrderUpdate(_Base, **_tag("order-update")):
 
 
 class AccountUpdate(_Base, **_tag("account-update")):
-    """The whole account after every fill and on mark changes (at most every 250 ms), on ``acct.update``."""
+    """The whole account after every fill and on mark changes (at most every 250 ms), on ``acct.update``,
+    and the exchange's trading state (it is the authority for paused/halted, persisted in its
+    ledger): published on every change of either, so subscribers never have to guess."""
 
     account: AccountInfo
     positions: list[PositionInfo] = []  # every symbol ever traded, flat ones too
     ts: Nanos = 0  # market time of the fill, or send time for a mark update
+    paused: bool = False  # no new orders (ctl pause, stop-and-close); survives restarts
+    halted: bool = False  # kill switch (ctl halt): only ctl unhalt lifts it
+    flattening: bool = False  # flatten orders of the exchange's own are still open
 
 
 class OrdersError(_Base, **_tag("error")):

@@ -80,6 +80,12 @@ class ActorCfg(_S):
     start_timeout: PosFloat = 10.0
     stop_timeout: PosFloat = 5.0
     enabled: bool = True
+    # Restart intensity exceeded by this actor: "shutdown" stops everything
+    # (exit 1); "disable" leaves it failed and the others running (only for an
+    # actor no other is `after`). A disabled strategy's open orders are
+    # cancelled at the exchange; flatten_on_disable closes its positions too.
+    on_give_up: Literal["shutdown", "disable"] = "shutdown"
+    flatten_on_disable: bool = False
 
 
 class MarketDataCfg(_S):
@@ -332,6 +338,17 @@ def validate(cfg: Config, where: str) -> None:
     if cfg.supervisor.backoff_max_ms < cfg.supervisor.backoff_initial_ms:
         raise ConfigError(f"{where}: key supervisor.backoff_max_ms: must be >= backoff_initial_ms")
     start_order(cfg, where)
+    for name, a in cfg.actors.items():
+        if a.on_give_up == "disable":
+            # A disabled actor stays down: nothing may need it running.
+            needed_by = [n for n, o in cfg.actors.items() if name in o.after and o.enabled]
+            if needed_by:
+                raise ConfigError(f"{where}: key actors.{name}.on_give_up: \"disable\" is only for an actor no "
+                                  f"other actor is after, and {', '.join(needed_by)} "
+                                  f"{'is' if len(needed_by) == 1 else 'are'} after {name} (use \"shutdown\")")
+        elif a.flatten_on_disable:
+            raise ConfigError(f"{where}: key actors.{name}.flatten_on_disable: only applies with "
+                              f"on_give_up = \"disable\"")
     _validate_placement(cfg, where)
 
 

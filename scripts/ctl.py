@@ -1,10 +1,14 @@
 """paperbus control CLI.
 
-    python scripts/ctl.py [--run-dir DIR] [--json] [--timeout S] [--key FILE] COMMAND [ARG]
+    python scripts/ctl.py [--run-dir DIR] [--json] [--wide] [--timeout S] [--key FILE] COMMAND [ARG]
     python scripts/ctl.py keygen [DIR] [--force]
     python scripts/ctl.py runs [--run-dir DIR] [--json]
 
-Commands: status, pause, resume, stop-and-close, halt, restart ACTOR, shutdown.
+Commands: status, pause, resume, stop-and-close, halt, unhalt, restart ACTOR, shutdown.
+resume never lifts a halt (it is refused while halted): unhalt does, and
+trading then stays paused until resume. restart of a disabled (failed) actor
+re-enables it. status wraps each actor's info below its row to the terminal
+width; --wide keeps it on the row, whole.
 runs lists every run of a run directory, live and backtest, from its files
 (no supervisor needed): run_id, previous run, mode, start, end, exit code,
 fills, final equity. keygen makes the CurveZMQ keys tcp endpoints need (default DIR ./keys; see
@@ -19,7 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import textwrap
 import time
 import uuid
 
@@ -34,7 +40,7 @@ from bus.messages import CtlReply, CtlRequest  # noqa: E402
 from bus.security import SecurityError, keygen  # noqa: E402
 from bus.sockets import EndpointError, Endpoints, open_port  # noqa: E402
 
-COMMANDS = ["status", "pause", "resume", "stop-and-close", "halt", "restart", "shutdown", "runs", "keygen"]
+COMMANDS = ["status", "pause", "resume", "stop-and-close", "halt", "unhalt", "restart", "shutdown", "runs", "keygen"]
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
@@ -95,16 +101,51 @@ def request(run_dir: str, cmd: str, arg: str = "", timeout: float = 2.0, key: st
         ctx.term()
 
 
-def render_status(data: dict) -> str:
-    lines = [f"run_id {data.get('run_id')}  supervisor pid {data.get('pid')}  phase {data.get('phase')}  "
-             f"up {data.get('uptime_s')}s  since {data.get('since')}",
-             f"{'ACTOR':16} {'STATE':10} {'PID':>7} {'UPTIME':>9} {'RESTARTS':>8} {'HB AGE':>7}  INFO"]
+def trading_line(data: dict) -> str | None:
+    """The trading state as the exchange reports it (the authority), and the strategy's."""
+    actors = data.get("actors", {})
+    ex = (actors.get("paper-exchange") or {}).get("status") or {}
+    strat = actors.get("strategy") or {}
+    parts = []
+    if ex.get("halted"):
+        parts.append("HALTED (kill switch; `ctl unhalt` lifts it)")
+    if ex.get("flattening"):
+        parts.append("FLATTENING")
+    if ex.get("paused"):
+        parts.append("PAUSED (`ctl resume`)")
+    if strat.get("state") == "failed":
+        parts.append("strategy FAILED (`ctl restart strategy`)")
+    if not parts:
+        if "halted" not in ex:
+            return None  # no exchange here (placement, or it has not reported yet)
+        parts.append("active" if strat.get("state") == "running" else f"strategy {strat.get('state', 'absent')}")
+    return "trading  " + "; ".join(parts)
+
+
+def render_status(data: dict, width: int | None = None) -> str:
+    """``width``: wrap to it, each actor's info and detail on indented lines below
+    its row; None (--wide): everything on the row, nothing cut."""
+    head = (f"run_id {data.get('run_id')}  supervisor pid {data.get('pid')}  phase {data.get('phase')}  "
+            f"up {data.get('uptime_s')}s  since {data.get('since')}")
+    lines = textwrap.wrap(head, width, subsequent_indent="  ") if width else [head]
+    trading = trading_line(data)
+    if trading:
+        lines += textwrap.wrap(trading, width, subsequent_indent="         ") if width else [trading]
+    lines.append(f"{'ACTOR':16} {'STATE':10} {'PID':>7} {'UPTIME':>9} {'RESTARTS':>8} {'HB AGE':>7}"
+                 + ("" if width else "  INFO"))
     for name, a in data.get("actors", {}).items():
         up = f"{a['uptime_s']:.1f}s" if a.get("uptime_s") is not None else "-"
         hb = f"{a['heartbeat_age_s']:.2f}s" if a.get("heartbeat_age_s") is not None else "-"
         info = ", ".join(f"{k}={v}" for k, v in {**a.get("info", {}), **a.get("status", {})}.items())
-        lines.append(f"{name:16} {a['state']:10} {a.get('pid') or '-':>7} {up:>9} {a['restarts']:>8} {hb:>7}  "
-                     f"{info[:80]}")
+        row = f"{name:16} {a['state']:10} {a.get('pid') or '-':>7} {up:>9} {a['restarts']:>8} {hb:>7}"
+        detail = a.get("detail", "")
+        if not width:
+            lines.append(f"{row}  {detail + '; ' if detail else ''}{info}".rstrip())
+            continue
+        lines.append(row)
+        for text in (detail, info):
+            if text:
+                lines += textwrap.wrap(text, width, initial_indent="    ", subsequent_indent="    ")
     pl = data.get("placement")
     if pl:  # actors another supervisor runs, as that supervisor last reported them
         for name, r in pl.get("remote", {}).items():
@@ -148,6 +189,19 @@ def _runs(run_dir: str, as_json: bool) -> int:
     return EXIT_OK
 
 
+def render_reply(cmd: str, data: dict) -> str:
+    """A fanned-out command's outcome, one line per actor: its message if it gave one."""
+    actors = data.get("actors")
+    if not isinstance(actors, dict):
+        return f"{cmd}: ok {json.dumps(data) if data else ''}".rstrip()
+    lines = [f"{cmd}: ok"]
+    for actor, r in actors.items():
+        d = r.get("data") or {}
+        text = r.get("skipped") or d.get("message") or ", ".join(f"{k}={v}" for k, v in d.items()) or "ok"
+        lines.append(f"  {actor}: {text}")
+    return "\n".join(lines)
+
+
 def _keygen(directory: str, force: bool) -> int:
     try:
         made = keygen(directory, force=force)
@@ -177,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ctl.py", description="paperbus control CLI")
     ap.add_argument("--run-dir", default="run", help="run directory of the supervisor (default ./run)")
     ap.add_argument("--json", action="store_true", help="print the reply as JSON")
+    ap.add_argument("--wide", action="store_true", help="status: each actor on one line, info not wrapped")
     ap.add_argument("--timeout", type=float, default=2.0, help="reply timeout in seconds (default 2)")
     ap.add_argument("--key", default=None, metavar="FILE",
                     help="tcp: client secret certificate (.key_secret) to connect with")
@@ -197,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.force:
         print("ctl: --force is only for keygen", file=sys.stderr)
         return EXIT_USAGE
+    if args.wide and args.command != "status":
+        print("ctl: --wide is only for status", file=sys.stderr)
+        return EXIT_USAGE
     if args.command == "restart" and not args.arg:
         print("ctl: restart needs an actor name", file=sys.stderr)
         return EXIT_USAGE
@@ -213,9 +271,11 @@ def main(argv: list[str] | None = None) -> int:
     elif not rep.ok:
         print(f"ctl: {args.command} failed: {rep.error}", file=sys.stderr)
     elif args.command == "status":
-        print(render_status(rep.data))
+        print(render_status(rep.data, None if args.wide else shutil.get_terminal_size((80, 24)).columns))
+    elif "message" in rep.data:
+        print(f"{args.command}: ok: {rep.data['message']}")
     else:
-        print(f"{args.command}: ok {json.dumps(rep.data) if rep.data else ''}".rstrip())
+        print(render_reply(args.command, rep.data))
     return EXIT_OK if rep.ok else EXIT_FAIL
 
 

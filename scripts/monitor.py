@@ -30,7 +30,7 @@ if ROOT not in sys.path:
 from bus.clone_client import CloneClient  # noqa: E402
 
 EXIT_OK, EXIT_FAIL = 0, 1
-TRADES_SHOWN = 10
+HEIGHT = 24  # the lines render() fits by default: a plain 80x24 terminal
 
 
 def _num(x: Any, nd: int = 2) -> str:
@@ -45,95 +45,203 @@ def _pct(x: Any) -> str:
     return "-" if x is None else f"{x * 100:.2f}%"
 
 
-def _time(ns: Any) -> str:
+def _when(ns: Any) -> str:
+    """A wall-clock time as date and time in the local zone (the header names the zone)."""
     if not ns:
         return "-"
-    return dt.datetime.fromtimestamp(ns / 1e9).strftime("%H:%M:%S")
+    return dt.datetime.fromtimestamp(ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _zone(now_ns: int) -> str:
+    return dt.datetime.fromtimestamp(now_ns / 1e9).astimezone().strftime("%Z") or "local"
 
 
 def _signed(x: Any) -> str:
     if not isinstance(x, (int, float)):
         return "-"
+    x = round(x, 2) + 0.0  # no "-0.00"
     colour = "green" if x > 0 else "red" if x < 0 else "white"
     return f"[{colour}]{x:,.2f}[/{colour}]"
 
 
-def render(state: dict[str, Any] | None, seq: int, stale: bool, age: float | None, error: str = "") -> Any:
-    """The whole screen as one rich renderable (Live swaps it in place: no flicker)."""
-    from rich.console import Group
-    from rich.panel import Panel
+def trading_flags(state: dict[str, Any]) -> list[tuple[str, str]]:
+    """(text, style) for each trading condition the operator must see; [] while trading normally."""
+    t = state.get("trading") or {}
+    out = []
+    if not t.get("known"):
+        out.append(("trading state not reported by the exchange yet", "yellow"))
+    if t.get("halted"):
+        out.append(("HALTED (kill switch)", "bold white on red"))
+    if t.get("flattening"):
+        out.append(("FLATTENING", "bold black on magenta"))
+    if t.get("paused") and not t.get("halted"):  # after a halt, lifting it is the first step
+        out.append(("PAUSED", "bold black on yellow"))
+    if t.get("strategy") == "failed":
+        out.append(("STRATEGY FAILED", "bold white on red"))
+    return out
+
+
+def _table(*cols: tuple[str, str]) -> Any:
+    """A borderless table, header row as its title: one line per row, never wrapped."""
     from rich.table import Table
+    t = Table(box=None, pad_edge=False, show_edge=False, padding=(0, 1, 0, 0), header_style="bold", expand=False)
+    for name, justify in cols:
+        t.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis")  # type: ignore[arg-type]
+    return t
+
+
+def render(state: dict[str, Any] | None, seq: int, stale: bool, age: float | None, error: str = "",
+           height: int = HEIGHT, now_ns: int | None = None) -> Any:
+    """The whole screen as one rich renderable (Live swaps it in place: no flicker).
+
+    Fits ``height`` lines of any width from 80 columns up (every line is cut,
+    never wrapped, at the console's width): the header, the trading
+    state, the account, the actors and the positions first; the performance,
+    open orders and last trades as space allows. Every time shown is wall-clock
+    date and time in the local zone, named in the header.
+    """
+    from rich.console import Group
     from rich.text import Text
 
+    now_ns = now_ns or time.time_ns()
+    clock = f"{_when(now_ns)} {_zone(now_ns)}"
     if state is None:
-        return Panel(Text(f"waiting for the state-publisher... {error}", style="yellow"), title="paperbus")
-    head = Text()
-    head.append(f"run {state.get('run_id', '?')}", style="bold")
-    head.append(f"   seq {seq}")
-    if stale:
-        head.append(f"   STALE {age:.1f}s" if age is not None else "   STALE", style="bold white on red")
-        if error:
-            head.append(f"  ({error})", style="red")
-    else:
-        head.append("   live", style="bold green")
-    c = state.get("counters") or {}
-    inst = state.get("instruments") or {}
-    head.append(f"   instruments {inst.get('count', 0)} (option mappings {inst.get('option_mappings', 0)})"
-                f"   snapshots {c.get('snapshots', 0)}  client resyncs {c.get('client_resyncs', 0)}"
-                f"  missed {c.get('client_missed', 0)}  bad {sum((c.get('bad_messages') or {}).values())}")
+        return Group(Text(f"paperbus  waiting for the state-publisher...  {clock}", style="yellow",
+                          no_wrap=True, overflow="ellipsis"),
+                     *([Text(error, style="red", no_wrap=True, overflow="ellipsis")] if error else []))
+    parts: list[Any] = []
 
-    actors = Table(title="actors", expand=True)
-    for col in ("actor", "state", "pid", "restarts", "since", "detail"):
-        actors.add_column(col)
-    for name, a in (state.get("actors") or {}).items():
-        st = a.get("state", "?")
-        style = "green" if st == "running" else "yellow" if st in ("starting", "ready", "stopping") else "red"
-        actors.add_row(name, f"[{style}]{st}[/{style}]", str(a.get("pid") or "-"), str(a.get("restarts", 0)),
-                       _time(a.get("since_ns")), (a.get("detail") or "")[:60])
+    head = Text(no_wrap=True, overflow="ellipsis")
+    head.append(f"run {state.get('run_id', '?')}", style="bold")
+    head.append(f"  seq {seq}  ")
+    if stale:
+        head.append(f"STALE {age:.1f}s" if age is not None else "STALE", style="bold white on red")
+    else:
+        head.append("live", style="bold green")
+    head.append(f"  {clock}")
+    parts.append(head)
+    if stale and error:  # why it is stale, whole: the figures below are as of {age} ago
+        parts.append(Text(f"stale: {error}; showing the last state received", style="red", no_wrap=True,
+                          overflow="ellipsis"))
+
+    t = state.get("trading") or {}
+    line = Text("trading ", style="bold", no_wrap=True, overflow="ellipsis")
+    flags = trading_flags(state)
+    for i, (text, style) in enumerate(flags):
+        line.append(("  " if i else "") + text, style=style)
+    if not flags:
+        line.append("active" if t.get("state") == "trading" else str(t.get("state", "unknown")),
+                    style="bold green" if t.get("state") == "trading" else "yellow")
+    if t.get("halted"):
+        line.append("  `ctl unhalt`, then `ctl resume`")
+    elif t.get("paused") and not t.get("flattening"):
+        line.append("  `ctl resume` to trade")
+    parts.append(line)
 
     acct = state.get("account") or {}
-    # label/value pairs on two columns: money figures stay whole on an 80-column terminal
-    account = Table(title="account" + ("" if acct.get("known") else " (no report from the exchange yet)"),
-                    expand=True, show_header=False)
-    for justify in ("left", "right", "left", "right"):
-        account.add_column(justify=justify, no_wrap=True)
-    account.add_row("cash", _num(acct.get("cash")), "equity", f"[bold]{_num(acct.get('equity'))}[/bold]")
-    account.add_row("realized", _signed(acct.get("realized")), "unrealized (Total MTM)",
-                    _signed(acct.get("unrealized")))
-    account.add_row("fees", _num(acct.get("fees")), "gross exposure", _num(acct.get("gross_exposure")))
-    account.add_row("initial cash", _num(acct.get("initial_cash")), "", "")
+    a1 = Text(no_wrap=True, overflow="ellipsis")
+    a1.append("equity ", style="bold")
+    a1.append(_num(acct.get("equity")), style="bold")
+    a1.append(f"  cash {_num(acct.get('cash'))}  initial {_num(acct.get('initial_cash'))}"
+              f"  fees {_num(acct.get('fees'))}")
+    if not acct.get("known"):
+        a1.append("  (no report from the exchange yet)", style="yellow")
+    a2 = Text.from_markup(f"realized {_signed(acct.get('realized'))}  unrealized (Total MTM) "
+                          f"{_signed(acct.get('unrealized'))}  gross exposure {_num(acct.get('gross_exposure'))}")
+    a2.no_wrap, a2.overflow = True, "ellipsis"
+    parts += [a1, a2]
 
-    positions = Table(title="positions", expand=True)
-    for col in ("symbol", "qty", "avg price", "last", "MTM", "market value"):
-        positions.add_column(col, justify="right" if col != "symbol" else "left")
-    for sym, p in (state.get("positions") or {}).items():
-        positions.add_row(sym, _num(p.get("qty")), _num(p.get("avg_price"), 4), _num(p.get("last"), 4),
-                          _signed(p.get("mtm")), _num(p.get("market_value")))
+    actors = state.get("actors") or {}
+    # pid and uptime are in `ctl status`; here what each actor is doing, and since when.
+    act = _table(("actor", "left"), ("state", "left"), ("restarts", "right"), ("since", "left"),
+                 ("detail", "left"))
+    # The flag that matters most on the rows of the actors it concerns: "running" alone would mislead.
+    flag = next((k for k in ("halted", "flattening", "paused") if t.get(k)), "")
+    notes = {"paper-exchange": flag, "strategy": "" if flag == "flattening" else flag}
+    failed = []
+    for name, a in actors.items():
+        st = a.get("state", "?")
+        style = ("green" if st == "running" else "yellow" if st in ("starting", "ready", "stopping", "restarting")
+                 else "bold red")
+        state_text = Text(st.upper() if st == "failed" else st, style=style)
+        if st == "running" and notes.get(name):
+            state_text.append(f", {notes[name]}", style="bold red" if notes[name] == "halted" else "bold yellow")
+        if st == "failed" and a.get("detail"):
+            failed.append((name, a["detail"]))
+        act.add_row(name, state_text, str(a.get("restarts", 0)), _when(a.get("since_ns")),
+                    Text("" if st == "failed" else a.get("detail") or ""))
+    parts.append(act)
+    for name, why in failed:  # the cause, whole line: it is what the operator needs to act on
+        parts.append(Text(f"{name} failed: {why}", style="red", no_wrap=True, overflow="ellipsis"))
 
-    orders = Table(title="open orders", expand=True)
-    for col in ("id", "client id", "symbol", "side", "qty", "filled", "type", "price", "status"):
-        orders.add_column(col)
-    for oid, o in (state.get("orders") or {}).items():
-        orders.add_row(oid, o.get("cl_id", ""), o.get("symbol", ""), o.get("side", ""), _num(o.get("qty")),
-                       _num(o.get("filled")), o.get("type", ""), _num(o.get("price"), 4), o.get("status", ""))
-
-    trades = Table(title=f"last trades (of {len(state.get('trades') or [])})", expand=True)
-    for col in ("time", "symbol", "side", "qty", "price", "fee", "realized", "position"):
-        trades.add_column(col)
-    for t in list(state.get("trades") or [])[-TRADES_SHOWN:][::-1]:
-        trades.add_row(_time(t.get("ts")), t.get("symbol", ""), t.get("side", ""), _num(t.get("qty")),
-                       _num(t.get("price"), 4), _num(t.get("fee")), _signed(t.get("realized")),
-                       _num(t.get("position")))
+    # What is left goes to the positions first, then performance, orders, trades.
+    left = height - (len(parts) - 1) - (1 + len(actors))  # one line per part, but the actors table
+    pos = state.get("positions") or {}
+    orders = state.get("orders") or {}
+    trades = list(state.get("trades") or [])
+    if pos:
+        ptab = _table(("position", "left"), ("qty", "right"), ("avg price", "right"), ("last", "right"),
+                      ("MTM", "right"), ("market value", "right"))
+        rows = list(pos.items())
+        room = max(1, left - 1)
+        shown = rows if len(rows) <= room else rows[:room - 1]
+        for sym, p in shown:
+            ptab.add_row(sym, _num(p.get("qty")), _num(p.get("avg_price"), 4), _num(p.get("last"), 4),
+                         _signed(p.get("mtm")), _num(p.get("market_value")))
+        if len(shown) < len(rows):
+            ptab.add_row(f"... {len(rows) - len(shown)} more", "", "", "", "", "")
+        parts.append(ptab)
+        left -= 1 + ptab.row_count
+    elif left > 0:
+        parts.append(Text("positions: none", style="dim"))
+        left -= 1
 
     perf = state.get("performance") or {}
-    performance = Table(title="performance" + ("" if perf.get("complete", True) else " (since monitor start)"),
-                        expand=True)
-    for col in ("total return", "max drawdown", "sharpe", "win rate", "trades", "wins", "losses", "fills"):
-        performance.add_column(col, justify="right")
-    performance.add_row(_pct(perf.get("total_return")), _pct(perf.get("max_drawdown")), _num(perf.get("sharpe")),
-                        _pct(perf.get("win_rate")), _num(perf.get("trades")), _num(perf.get("wins")),
-                        _num(perf.get("losses")), _num(perf.get("fills")))
-    return Group(head, actors, account, positions, orders, trades, performance)
+    if left > 0:
+        parts.append(Text(
+            f"performance  return {_pct(perf.get('total_return'))}  max dd {_pct(perf.get('max_drawdown'))}"
+            f"  sharpe {_num(perf.get('sharpe'))}  win {_pct(perf.get('win_rate'))} of {_num(perf.get('trades'))}"
+            f"{'' if perf.get('complete', True) else ' (since the view started)'}", no_wrap=True,
+            overflow="ellipsis"))
+        left -= 1
+
+    if left > 0:
+        if not orders or left == 1:
+            parts.append(Text(f"open orders: {len(orders) or 'none'}", style="dim"))
+            left -= 1
+        else:
+            # Rows under the header; shared with the trades when there are any.
+            room = left - 1 if not trades else max(1, (left - 2) // 2)
+            otab = _table(("open orders", "right"), ("client id", "left"), ("symbol", "left"), ("side", "left"),
+                          ("qty", "right"), ("filled", "right"), ("type", "left"), ("price", "right"),
+                          ("status", "left"))
+            rows = list(orders.items())
+            shown = rows if len(rows) <= room else rows[:max(0, room - 1)]
+            for oid, o in shown:
+                otab.add_row(oid, o.get("cl_id", ""), o.get("symbol", ""), o.get("side", ""), _num(o.get("qty")),
+                             _num(o.get("filled")), o.get("type", ""), _num(o.get("price"), 4), o.get("status", ""))
+            if len(shown) < len(rows):
+                otab.add_row(f"+{len(rows) - len(shown)}", "more", "", "", "", "", "", "", "")
+            if otab.row_count:
+                parts.append(otab)
+                left -= 1 + otab.row_count
+
+    if left > 1 and trades:
+        n = min(len(trades), left - 1)
+        left -= 1 + n
+        ttab = _table(("trade time", "left"), ("symbol", "left"), ("side", "left"), ("qty", "right"),
+                      ("price", "right"), ("realized", "right"), ("position", "right"))
+        for tr in trades[-n:][::-1]:
+            ttab.add_row(_when(tr.get("at_ns")), tr.get("symbol", ""), tr.get("side", ""), _num(tr.get("qty")),
+                         _num(tr.get("price"), 4), _signed(tr.get("realized")), _num(tr.get("position")))
+        parts.append(ttab)
+    if left > 0:
+        c, inst = state.get("counters") or {}, state.get("instruments") or {}
+        parts.append(Text(f"instruments {inst.get('count', 0)} (option mappings {inst.get('option_mappings', 0)})"
+                          f"  snapshots {c.get('snapshots', 0)}  client resyncs {c.get('client_resyncs', 0)}"
+                          f"  missed {c.get('client_missed', 0)}  bad {sum((c.get('bad_messages') or {}).values())}",
+                          style="dim", no_wrap=True, overflow="ellipsis"))
+    return Group(*parts)
 
 
 def _json_line(c: CloneClient) -> str:
@@ -176,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(_json_line(client), flush=True)
             else:
                 from rich.console import Console
-                Console().print(render(client.state, client.seq, False, client.age))
+                con = Console()
+                con.print(render(client.state, client.seq, False, client.age, height=con.height))
             return EXIT_OK
         if args.json:
             n, was_stale = 0, None
@@ -188,9 +297,12 @@ def main(argv: list[str] | None = None) -> int:
                     n += 1
                     was_stale = stale
             return EXIT_OK
+        from rich.console import Console
         from rich.live import Live
-        view = lambda: render(client.state, client.seq, client.stale, client.age, client.error)  # noqa: E731
-        with Live(view(), refresh_per_second=4, screen=False, auto_refresh=False) as live:
+        con = Console()
+        view = lambda: render(client.state, client.seq, client.stale, client.age, client.error,  # noqa: E731
+                              height=con.height)
+        with Live(view(), console=con, refresh_per_second=4, screen=False, auto_refresh=False) as live:
             last_draw = 0.0
             while True:
                 changed = client.step(0.25)

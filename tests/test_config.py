@@ -14,6 +14,9 @@ def test_default_config_loads_and_orders_actors():
     cfg = load()
     assert start_order(cfg) == ["market-data", "paper-exchange", "state-publisher", "strategy"]
     assert cfg.market_data.feed == "synthetic"
+    # a crash-looping strategy is disabled; the books and the feed stop everything if they crash-loop
+    assert {n: a.on_give_up for n, a in cfg.actors.items()} == {
+        "market-data": "shutdown", "paper-exchange": "shutdown", "state-publisher": "shutdown", "strategy": "disable"}
 
 
 def test_set_overrides_types():
@@ -34,6 +37,12 @@ def test_set_overrides_types():
     (["actors.strategy.restart=sometimes"], "key actors.strategy.restart"),
     (["actors.strategy.after=[\"nobody\"]"], "unknown actor 'nobody'"),
     (["actors.market-data.after=[\"strategy\"]"], "cycle"),
+    (["actors.strategy.on_give_up=retry"], "key actors.strategy.on_give_up: Invalid enum value 'retry'"),
+    (["actors.market-data.on_give_up=disable"], 'key actors.market-data.on_give_up: "disable" is only for an actor no '
+                                                "other actor is after, and paper-exchange, state-publisher, strategy "
+                                                "are after market-data"),
+    (["actors.paper-exchange.flatten_on_disable=true"],
+     'key actors.paper-exchange.flatten_on_disable: only applies with on_give_up = "disable"'),
 ])
 def test_bad_overrides_name_the_key(sets, needle):
     with pytest.raises(ConfigError) as ei:

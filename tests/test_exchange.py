@@ -482,3 +482,61 @@ def test_crash_recovery_and_open_orders_survive_restart(env, run_dir):
 
 def _cl(q, order_id):
     return next(o.cl_id for o in q.orders if o.order_id == order_id)
+
+
+def test_trading_state_is_published_persisted_and_only_unhalt_lifts_a_halt(env):
+    """The exchange owns paused/halted/flattening: each change goes out at once on an
+    AccountUpdate (and in every QueryReply), and a halt is lifted only by an explicit
+    unhalt, which leaves trading paused."""
+    e = env()
+    e.start()
+    e.bar("AAA", T0, 100.0, 101.0, 99.0, 100.0)
+    _m, a = e.submit("AAA", "buy", 5)
+    e.bar("AAA", T0 + MIN, 100.0, 101.0, 99.0, 100.0)
+    e.wait_exec(lambda: e.fills, what="a position")
+    _m, rest = e.submit("AAA", "buy", 1, "limit", 50.0)  # rests
+
+    def flags():
+        return [(x.paused, x.halted, x.flattening) for x in e.accounts]
+
+    # stop-and-close: paused at once (published), its flatten order shows as flattening until it fills
+    rep = e.command("stop-and-close")
+    assert rep.ok and rep.data["paused"] is True and rep.data["cancelled"] == [rest.order_id]
+    e.wait_exec(lambda: (True, False, True) in flags(), what="paused and flattening published")
+    q = e.query()
+    assert (q.paused, q.halted, q.flattening) == (True, False, True)
+    # the exchange's own flatten order survives a cancel-all (what a disabled strategy gets)
+    _m, r = e.submit("AAA", "buy", 1, "limit", 50.0)
+    assert isinstance(r, OrderReject) and r.code == "paused"
+    rep = e.command("cancel-all", reason="strategy disabled")
+    assert rep.ok and rep.data["cancelled"] == [] and e.query().flattening
+    assert not e.command("cancel-all", reason=7).ok  # bad input: an error, nothing changed
+    e.bar("AAA", T0 + 2 * MIN, 100.0, 101.0, 99.0, 100.0)
+    e.wait_exec(lambda: flags()[-1] == (True, False, False), what="flattening over")
+    assert pos(e.query(), "AAA") == 0
+
+    # halt (persisted in the ledger: tests/test_system.py restarts through it); resume refused while halted
+    assert e.command("halt").ok
+    e.wait_exec(lambda: flags()[-1] == (True, True, False), what="halted published")
+    rep = e.command("resume")
+    assert not rep.ok and rep.error == ("trading is halted (kill switch): resume does not lift a halt; "
+                                        "`ctl unhalt` does (trading then stays paused until `ctl resume`)")
+    q = e.query()
+    assert (q.paused, q.halted) == (True, True)
+    _m, r = e.submit("AAA", "buy", 1)
+    assert isinstance(r, OrderReject) and r.code == "halted"
+    # unhalt lifts the kill switch only: still paused until resume
+    rep = e.command("unhalt")
+    assert rep.ok and rep.data == {"halted": False, "paused": True,
+                                   "message": "halt lifted; trading stays paused until `ctl resume`"}
+    e.wait_exec(lambda: flags() and flags()[-1] == (True, False, False), what="unhalt published")
+    assert any(x["event"].startswith("halt lifted") and x["level"] == "warning"
+               for x in map(json.loads, read_log(e.sup.run_dir, NAME).splitlines()))
+    rep = e.command("unhalt")
+    assert not rep.ok and rep.error == "trading is not halted: there is no halt to lift"
+    _m, r = e.submit("AAA", "buy", 1)
+    assert isinstance(r, OrderReject) and r.code == "paused"
+    assert e.command("resume").ok
+    e.wait_exec(lambda: flags()[-1] == (False, False, False), what="resume published")
+    _m, r = e.submit("AAA", "buy", 1)
+    assert isinstance(r, OrderAck)

@@ -105,14 +105,14 @@ def test_win_rate_and_trade_count_come_from_closing_fills():
     assert v.value("performance")["win_rate"] is None  # no trades yet: unknown, not 0 %
     for f in [fill(1), fill(2, realized=50.0, fee=1.0, side="sell", position=0), fill(3),
               fill(4, realized=-20.0, side="sell", position=0), fill(5)]:
-        assert v.apply(f) == {"trades", "performance"}
+        assert v.apply(f, ts_ns=1000 + f.fill_id) == {"trades", "performance"}
     perf = v.value("performance")
     assert (perf["trades"], perf["wins"], perf["losses"], perf["fills"]) == (2, 1, 1, 5)
     assert perf["win_rate"] == 0.5 and perf["realized_from_fills"] == 30.0 and perf["complete"]
     trades = v.value("trades")
     assert [t["fill_id"] for t in trades] == [3, 4, 5]  # the last N, oldest first
     assert trades[1] == {"fill_id": 4, "order_id": 4, "cl_id": "c4", "symbol": "GOOG", "side": "sell", "qty": 1,
-                         "price": 10.0, "fee": 0.0, "realized": -20.0, "position": 0, "ts": 4}
+                         "price": 10.0, "fee": 0.0, "realized": -20.0, "position": 0, "ts": 4, "at_ns": 1004}
 
 
 def test_history_before_the_view_started_is_flagged_not_zeroed():
@@ -146,14 +146,17 @@ def test_query_reply_sets_account_positions_and_open_orders():
 
 def test_actor_events_and_republished_states():
     v = StateView()
-    assert v.apply(m.ActorEvent(actor="strategy", state="starting", pid=5), ts_ns=100) == {"actors"}
-    assert v.apply(m.ActorEvent(actor="strategy", state="running", pid=5, detail="go"), ts_ns=200) == {"actors"}
+    # the strategy's state is part of the trading summary too
+    assert v.apply(m.ActorEvent(actor="strategy", state="starting", pid=5), ts_ns=100) == {"actors", "trading"}
+    assert v.apply(m.ActorEvent(actor="strategy", state="running", pid=5, detail="go"), ts_ns=200) == {
+        "actors", "trading"}
     # the supervisor republishes every second with no detail: not a change
     assert v.apply(m.ActorEvent(actor="strategy", state="running", pid=5), ts_ns=300) == set()
     assert v.value("actors") == {"strategy": {"state": "running", "pid": 5, "restarts": 0, "detail": "go",
                                               "since_ns": 200}}
     assert v.apply(m.ActorEvent(actor="strategy", state="running", pid=9, restarts=1), ts_ns=400) == {"actors"}
     assert v.value("actors")["strategy"]["since_ns"] == 400
+    assert v.apply(m.ActorEvent(actor="market-data", state="running", pid=7), ts_ns=500) == {"actors"}
 
 
 def test_snapshot_is_plain_json_and_unknown_input_changes_nothing():

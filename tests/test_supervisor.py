@@ -296,3 +296,49 @@ def test_whole_machine_frozen_is_not_a_hang(procs, run_dir, first):
     assert not events & {"actor hung: heartbeats missed, killing", "actor exited"}, events
     p.send_signal(signal.SIGINT)
     assert p.wait(10) == 0
+
+
+def test_deliberate_restarts_are_not_counted_and_logged_at_info(procs, run_dir):
+    """`ctl restart` is an operator's decision, not a failure: more of them than
+    max_restarts (3 in dummies.toml) leave the service up, each logged at info."""
+    from tests.sup_util import field
+    p = start_supervisor(procs, run_dir)
+    for i in range(5):
+        old = actor_pids(run_dir)["a"]
+        r = subprocess.run([PY, "scripts/ctl.py", "--run-dir", run_dir, "restart", "a"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=10)
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: (field(run_dir, "actors", "a") or {}).get("state") == "running"
+                 and field(run_dir, "actors", "a", "pid") not in (old, None), 10, f"a back after restart {i + 1}")
+    assert p.poll() is None and status(run_dir)["phase"] == "running"
+    exits = [e for e in log_events(run_dir) if e["event"] == "actor exited" and e["actor"] == "a"]
+    assert len(exits) == 5
+    for e in exits:
+        assert e["level"] == "info", e
+        assert e["next"] == "restart now (ctl restart; not counted toward restart intensity)", e
+    assert not any(e["event"] == "restart intensity exceeded" for e in log_events(run_dir))
+    p.send_signal(signal.SIGINT)
+    assert p.wait(10) == 0
+
+
+def test_disabled_actor_stays_down_and_the_others_keep_their_budget(procs, run_dir):
+    """on_give_up = disable: past the intensity limit the actor is left failed, naming
+    its exception; the others run on, with the whole budget still theirs."""
+    from tests.sup_util import field
+    p = start_supervisor(procs, run_dir, env={"DUMMY_MODE_c": "raise-in-run"}, sets=["actors.c.on_give_up=disable"],
+                         wait_running=False)
+    wait_for(lambda: field(run_dir, "actors", "c", "state") == "failed", 30, "c disabled")
+    st = status(run_dir)
+    assert st["actors"]["c"]["detail"] == (
+        "exit code 1: ValueError: dummy exploded on purpose; disabled: restart intensity exceeded (4 restarts "
+        "within 30s, max_restarts=3); `ctl restart c` re-enables it")
+    assert [st["actors"][n]["state"] for n in ("a", "b")] == ["running", "running"]
+    for i in range(3):  # max_restarts crashes of b: c's crash loop used none of that budget
+        old = actor_pids(run_dir)["b"]
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: field(run_dir, "actors", "b", "state") == "running"
+                 and field(run_dir, "actors", "b", "pid") not in (old, None), 10, f"b back ({i + 1})")
+    st = status(run_dir)
+    assert st["phase"] == "running" and st["actors"]["c"]["state"] == "failed"  # restart_with skips it
+    p.send_signal(signal.SIGINT)
+    assert p.wait(10) == 0
