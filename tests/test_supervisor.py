@@ -330,7 +330,8 @@ def test_disabled_actor_stays_down_and_the_others_keep_their_budget(procs, run_d
     wait_for(lambda: field(run_dir, "actors", "c", "state") == "failed", 30, "c disabled")
     st = status(run_dir)
     assert st["actors"]["c"]["detail"] == (
-        "exit code 1: ValueError: dummy exploded on purpose; disabled: restart intensity exceeded (4 restarts "
+        "exit code 1: ValueError: dummy exploded on purpose (at tests/fixtures/dummy_actor.py:33 in _boom); "
+            "disabled: restart intensity exceeded (4 restarts "
         "within 30s, max_restarts=3); `ctl restart c` re-enables it")
     assert [st["actors"][n]["state"] for n in ("a", "b")] == ["running", "running"]
     for i in range(3):  # max_restarts crashes of b: c's crash loop used none of that budget

@@ -274,7 +274,8 @@ def test_crash_looping_strategy_is_disabled_and_the_rest_runs_on(procs, run_dir)
                   "the strategy disabled")
     strat = st["actors"]["strategy"]
     assert strat["restarts"] == 2 and strat["pid"] is None
-    assert strat["detail"].startswith("exit code 1: ValueError: boom: on_bar exploded on purpose; disabled: "
+    assert strat["detail"].startswith("exit code 1: ValueError: boom: on_bar exploded on purpose "
+                                      "(at tests/fixtures/boom_strategy.py:32 in on_bar); disabled: "
                                       "restart intensity exceeded (3 restarts within 60s, max_restarts=2)")
     assert p.poll() is None and st["phase"] == "running"
     for a in ("market-data", "paper-exchange", "state-publisher"):
