@@ -95,7 +95,7 @@ class StrategyHost(Actor):
         known = {i.symbol for i in instruments}
         unknown = [s for s in sc.symbols if s not in known]
         if unknown:
-            raise RuntimeError(f"strategy.symbols {unknown} not in the instrument master ({len(known)} instruments)")
+            raise UserError(f"strategy.symbols {unknown} not in the instrument master ({len(known)} instruments)")
         self.symbols = set(sc.symbols) if sc.symbols else known
 
         # Subscribe before the Query: a fill published after the reply is then not missed.

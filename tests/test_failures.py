@@ -61,6 +61,13 @@ def test_bad_plugin_param(procs, run_dir):
     assert_plain_console(lines)
 
 
+def test_strategy_symbol_not_in_the_instrument_master(procs, run_dir):
+    rc, lines = run(procs, ["--run-dir", run_dir, "--set", 'strategy.symbols=["SYN1", "NOPE"]'])
+    assert rc == 2
+    assert lines[-1] == ("supervisor: config error: strategy: strategy.symbols ['NOPE'] not in the instrument master "
+                         "(2 instruments)")
+
+
 def test_replay_file_with_a_missing_column(procs, run_dir):
     path = os.path.join(run_dir, "nocl.csv")
     with open(path, "w") as f:
