@@ -5,6 +5,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -56,6 +57,15 @@ def backtest(procs, run_dir, data, *sets):
     return p.returncode, out.decode(), err.decode()
 
 
+@pytest.fixture
+def data_dir(run_dir):
+    """Data files beside the run directory (not in it: a backtest dir holds only runs)."""
+    d = run_dir + "-data"
+    os.makedirs(d)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
 def latest(run_dir):
     """The newest backtest's own directory (each backtest has one under the run dir)."""
     return os.path.realpath(os.path.join(run_dir, "latest"))
@@ -74,96 +84,72 @@ def snapshot(d):
             for n in ("fills.csv", "trades.csv", "equity.csv", "summary.json")}
 
 
-def test_out_of_order_file_is_refused_before_the_run_and_changes_nothing(procs, run_dir):
-    data_dir = run_dir + "-data"
-    os.makedirs(data_dir)
-    try:
-        good = write(data_dir, "good.csv", bars())
-        rc, out, err = backtest(procs, run_dir, good)
-        assert rc == 0, err[-3000:]
-        first = latest(run_dir)
-        before = snapshot(first)
-        rows = bars()
-        rows[40], rows[41] = rows[41], rows[40]  # two days swapped: lines 42 and 43
-        bad = write(data_dir, "swapped.csv", rows)
-        rc, out, err = backtest(procs, run_dir, bad)
-        assert rc == 2
-        reason = init_failure(run_dir, err)
-        assert (f"{bad}: row 43: timestamp 2024-02-10T00:00:00Z of AAA is before row 42's 2024-02-11T00:00:00Z: "
-                "timestamps must increase; set market_data.sort = true") in reason, reason
-        assert snapshot(first) == before  # no new fills next to an old summary
-        assert not any(os.path.exists(os.path.join(latest(run_dir), n)) for n in ("fills.csv", "summary.json"))
-        # With sort = true the same file runs, and gives the good file's results.
-        rc, out, err = backtest(procs, run_dir, bad, "market_data.sort=true")
-        assert rc == 0, err[-3000:]
-        assert snapshot(latest(run_dir))["fills.csv"] == before["fills.csv"]
-    finally:
-        import shutil
-        shutil.rmtree(data_dir, ignore_errors=True)
+def test_out_of_order_file_is_refused_before_the_run_and_changes_nothing(procs, run_dir, data_dir):
+    good = write(data_dir, "good.csv", bars())
+    rc, out, err = backtest(procs, run_dir, good)
+    assert rc == 0, err[-3000:]
+    first = latest(run_dir)
+    before = snapshot(first)
+    rows = bars()
+    rows[40], rows[41] = rows[41], rows[40]  # two days swapped: lines 42 and 43
+    bad = write(data_dir, "swapped.csv", rows)
+    rc, out, err = backtest(procs, run_dir, bad)
+    assert rc == 2
+    reason = init_failure(run_dir, err)
+    assert (f"{bad}: row 43: timestamp 2024-02-10T00:00:00Z of AAA is before row 42's 2024-02-11T00:00:00Z: "
+            "timestamps must increase; set market_data.sort = true") in reason, reason
+    assert snapshot(first) == before  # no new fills next to an old summary
+    assert not any(os.path.exists(os.path.join(latest(run_dir), n)) for n in ("fills.csv", "summary.json"))
+    # With sort = true the same file runs, and gives the good file's results.
+    rc, out, err = backtest(procs, run_dir, bad, "market_data.sort=true")
+    assert rc == 0, err[-3000:]
+    assert snapshot(latest(run_dir))["fills.csv"] == before["fills.csv"]
 
 
 @pytest.mark.parametrize("case", ["header-only", "bad-row-error", "duplicate"])
-def test_unreplayable_files_are_init_failures_naming_file_and_row(procs, run_dir, case):
-    data_dir = run_dir + "-data"
-    os.makedirs(data_dir)
-    try:
-        rows, sets = bars(days=10), []
-        if case == "header-only":
-            rows, want = [], "no data rows (only a header)"
-        elif case == "bad-row-error":
-            rows[4][5] = "n/a"
-            sets, want = ['market_data.on_bad_row="error"'], "row 6, column 'close': 'n/a' is not a number"
-        else:
-            rows.insert(3, rows[2])
-            want = "row 5: timestamp 2024-01-03T00:00:00Z of AAA repeats row 4's"
-        path = write(data_dir, f"{case}.csv", rows)
-        rc, out, err = backtest(procs, run_dir, path, *sets)
-        assert rc == 2 and "no bars" not in out
-        reason = init_failure(run_dir, err)
-        assert f"{path}: {want}" in reason, reason
-        assert not os.path.exists(os.path.join(latest(run_dir), "summary.json"))
-    finally:
-        import shutil
-        shutil.rmtree(data_dir, ignore_errors=True)
+def test_unreplayable_files_are_init_failures_naming_file_and_row(procs, run_dir, case, data_dir):
+    rows, sets = bars(days=10), []
+    if case == "header-only":
+        rows, want = [], "no data rows (only a header)"
+    elif case == "bad-row-error":
+        rows[4][5] = "n/a"
+        sets, want = ['market_data.on_bad_row="error"'], "row 6, column 'close': 'n/a' is not a number"
+    else:
+        rows.insert(3, rows[2])
+        want = "row 5: timestamp 2024-01-03T00:00:00Z of AAA repeats row 4's"
+    path = write(data_dir, f"{case}.csv", rows)
+    rc, out, err = backtest(procs, run_dir, path, *sets)
+    assert rc == 2 and "no bars" not in out
+    reason = init_failure(run_dir, err)
+    assert f"{path}: {want}" in reason, reason
+    assert not os.path.exists(os.path.join(latest(run_dir), "summary.json"))
 
 
-def test_skipped_rows_are_counted_in_the_warning_summary_json_and_text(procs, run_dir):
-    data_dir = run_dir + "-data"
-    os.makedirs(data_dir)
-    try:
-        rows = bars()
-        rows[9][3] = ""        # line 11: empty high
-        rows[19][4] = "NaN"    # line 21: low not a number
-        path = write(data_dir, "holes.csv", rows)
-        rc, out, err = backtest(procs, run_dir, path)
-        assert rc == 0, err[-3000:]
-        summary = json.load(open(os.path.join(latest(run_dir), "summary.json")))
-        assert summary["rows_skipped"] == 2 and summary["bars"] == 78
-        assert "2 rows skipped" in out
-        assert "2 rows of 80 skipped: rows 11, 21" in err  # on the console, tty or not
-        [w] = [e for e in log_events(latest(run_dir)) if e["event"] == "actor warning"]
-        assert w["actor"] == "market-data" and w["level"] == "warning"
-        assert w["warning"].startswith(f"{path}: 2 rows of 80 skipped: rows 11, 21; the first: row 11, "
-                                       "column 'high' is empty")
-    finally:
-        import shutil
-        shutil.rmtree(data_dir, ignore_errors=True)
+def test_skipped_rows_are_counted_in_the_warning_summary_json_and_text(procs, run_dir, data_dir):
+    rows = bars()
+    rows[9][3] = ""        # line 11: empty high
+    rows[19][4] = "NaN"    # line 21: low not a number
+    path = write(data_dir, "holes.csv", rows)
+    rc, out, err = backtest(procs, run_dir, path)
+    assert rc == 0, err[-3000:]
+    summary = json.load(open(os.path.join(latest(run_dir), "summary.json")))
+    assert summary["rows_skipped"] == 2 and summary["bars"] == 78
+    assert "2 rows skipped" in out
+    assert "2 rows of 80 skipped: rows 11, 21" in err  # on the console, tty or not
+    [w] = [e for e in log_events(latest(run_dir)) if e["event"] == "actor warning"]
+    assert w["actor"] == "market-data" and w["level"] == "warning"
+    assert w["warning"].startswith(f"{path}: 2 rows of 80 skipped: rows 11, 21; the first: row 11, "
+                                   "column 'high' is empty")
 
 
-def test_two_symbols_sharing_timestamps_run_to_the_end(procs, run_dir):
-    data_dir = run_dir + "-data"
-    os.makedirs(data_dir)
-    try:
-        path = write(data_dir, "two.csv", bars(("AAA", "BBB")))
-        rc, out, err = backtest(procs, run_dir, path)
-        assert rc == 0, err[-3000:]
-        summary = json.load(open(os.path.join(latest(run_dir), "summary.json")))
-        assert summary["bars"] == 80 and summary["rows_skipped"] == 0 and summary["trades"] > 0
-        with open(os.path.join(latest(run_dir), "equity.csv")) as f:
-            ts = [r[0] for r in list(csv.reader(f))[1:]]
-        assert len(ts) == 80 and ts == sorted(set(ts))  # one row per timestamp
-        with open(os.path.join(latest(run_dir), "fills.csv")) as f:
-            assert {r["symbol"] for r in csv.DictReader(f)} == {"AAA", "BBB"}
-    finally:
-        import shutil
-        shutil.rmtree(data_dir, ignore_errors=True)
+def test_two_symbols_sharing_timestamps_run_to_the_end(procs, run_dir, data_dir):
+    path = write(data_dir, "two.csv", bars(("AAA", "BBB")))
+    rc, out, err = backtest(procs, run_dir, path)
+    assert rc == 0, err[-3000:]
+    summary = json.load(open(os.path.join(latest(run_dir), "summary.json")))
+    assert summary["bars"] == 80 and summary["rows_skipped"] == 0 and summary["trades"] > 0
+    with open(os.path.join(latest(run_dir), "equity.csv")) as f:
+        ts = [r[0] for r in list(csv.reader(f))[1:]]
+    assert len(ts) == 80 and ts == sorted(set(ts))  # one row per timestamp
+    with open(os.path.join(latest(run_dir), "fills.csv")) as f:
+        assert {r["symbol"] for r in csv.DictReader(f)} == {"AAA", "BBB"}

@@ -173,14 +173,25 @@ def ctl_text(run_dir, *args):
     return r.returncode, r.stdout, r.stderr
 
 
-def test_pause_survives_a_strategy_restart(procs, run_dir):
+def start_trading(procs, run_dir):
+    """The system with PingPong, once it has traded."""
     p = start_supervisor(procs, run_dir, config=DEFAULT, sets=PING)
     wait_for(lambda: info(run_dir, "paper-exchange").get("fills", 0) >= 2, 60, "the strategy trades")
+    return p
+
+
+def assert_idle(st, state):
+    """The strategy is in ``state`` and has sent nothing, so the exchange rejected nothing."""
+    assert st["state"] == state and st["orders_sent"] == 0 and st["rejects"] == 0, st
+
+
+def test_pause_survives_a_strategy_restart(procs, run_dir):
+    p = start_trading(procs, run_dir)
     ctl_ok(run_dir, "pause")
     restart(run_dir, "strategy")
     st = strategy_after_bars(run_dir)
     # it consumed bars that PingPong trades on, and sent nothing the exchange would reject
-    assert st["state"] == "paused" and st["orders_sent"] == 0 and st["rejects"] == 0, st
+    assert_idle(st, "paused")
     assert st["orders_suppressed"] >= 10  # it wanted to trade
     assert status_now(run_dir)["actors"]["strategy"]["info"]["state"] == "paused"  # it knew from its READY on
     assert info(run_dir, "paper-exchange")["paused"] is True
@@ -189,22 +200,21 @@ def test_pause_survives_a_strategy_restart(procs, run_dir):
 
 
 def test_halt_survives_strategy_and_exchange_restarts(procs, run_dir):
-    p = start_supervisor(procs, run_dir, config=DEFAULT, sets=PING)
-    wait_for(lambda: info(run_dir, "paper-exchange").get("fills", 0) >= 2, 60, "the strategy trades")
+    p = start_trading(procs, run_dir)
     ctl_ok(run_dir, "halt")
     restart(run_dir, "strategy")
     st = strategy_after_bars(run_dir)
-    assert st["state"] == "halted" and st["orders_sent"] == 0 and st["rejects"] == 0, st
+    assert_idle(st, "halted")
     restart(run_dir, "paper-exchange", also=["strategy"])  # restart_with: the strategy restarts too
     wait_for(lambda: info(run_dir, "paper-exchange").get("halted") is True, 10, "the exchange reports halted")
     st = strategy_after_bars(run_dir)
-    assert st["state"] == "halted" and st["orders_sent"] == 0 and st["rejects"] == 0, st
+    assert_idle(st, "halted")
     ctl_ok(run_dir, "shutdown")
     assert p.wait(30) == 0
     # a new supervisor on the same run directory: still halted, everywhere
     p = start_supervisor(procs, run_dir, config=DEFAULT, sets=PING)
     st = strategy_after_bars(run_dir)
-    assert st["state"] == "halted" and st["orders_sent"] == 0 and st["rejects"] == 0, st
+    assert_idle(st, "halted")
     assert info(run_dir, "paper-exchange")["halted"] is True
     run_id = status_now(run_dir)["run_id"]
     wait_for(lambda: (v := status_json(run_dir))["run_id"] == run_id and v["trading"]["state"] == "halted", 10,
@@ -214,8 +224,7 @@ def test_halt_survives_strategy_and_exchange_restarts(procs, run_dir):
 
 
 def test_resume_does_not_lift_a_halt_unhalt_does(procs, run_dir):
-    p = start_supervisor(procs, run_dir, config=DEFAULT, sets=PING)
-    wait_for(lambda: info(run_dir, "paper-exchange").get("fills", 0) >= 2, 60, "the strategy trades")
+    p = start_trading(procs, run_dir)
     ctl_ok(run_dir, "halt")
     code, out, err = ctl_text(run_dir, "resume")
     assert code == 1 and err.strip() == (
@@ -263,13 +272,19 @@ def test_status_json_ctl_status_and_monitor_show_paused_and_halted(procs, run_di
     assert p.wait(30) == 0
 
 
-def test_crash_looping_strategy_is_disabled_and_the_rest_runs_on(procs, run_dir):
+def start_boom(procs, run_dir, max_restarts, *sets):
+    """A strategy that raises in on_bar while its fuse file exists (tests/fixtures/boom_strategy.py)."""
     fuse = os.path.join(run_dir, "fuse")
     open(fuse, "w").close()
     p = start_supervisor(procs, run_dir, config=DEFAULT, wait_running=False, sets=[
         "market_data.rate_hz=20", "strategy.plugin=tests.fixtures.boom_strategy:Boom",
-        f'strategy.params={{ fuse = "{fuse}" }}', 'strategy.symbols=["SYN1"]', "supervisor.max_restarts=2",
-        "supervisor.backoff_initial_ms=50"])
+        f'strategy.params={{ fuse = "{fuse}" }}', 'strategy.symbols=["SYN1"]', f"supervisor.max_restarts={max_restarts}",
+        "supervisor.backoff_initial_ms=50", *sets])
+    return p, fuse
+
+
+def test_crash_looping_strategy_is_disabled_and_the_rest_runs_on(procs, run_dir):
+    p, fuse = start_boom(procs, run_dir, 2)
     st = wait_for(lambda: (s := status(run_dir)) and s["actors"]["strategy"]["state"] == "failed" and s, 60,
                   "the strategy disabled")
     strat = st["actors"]["strategy"]
@@ -315,12 +330,7 @@ def test_crash_looping_strategy_is_disabled_and_the_rest_runs_on(procs, run_dir)
 
 
 def test_flatten_on_disable_closes_the_disabled_strategys_positions(procs, run_dir):
-    fuse = os.path.join(run_dir, "fuse")
-    open(fuse, "w").close()
-    p = start_supervisor(procs, run_dir, config=DEFAULT, wait_running=False, sets=[
-        "market_data.rate_hz=20", "strategy.plugin=tests.fixtures.boom_strategy:Boom",
-        f'strategy.params={{ fuse = "{fuse}" }}', 'strategy.symbols=["SYN1"]', "supervisor.max_restarts=1",
-        "supervisor.backoff_initial_ms=50", "actors.strategy.flatten_on_disable=true"])
+    p, _fuse = start_boom(procs, run_dir, 1, "actors.strategy.flatten_on_disable=true")
     wait_for(lambda: (field(run_dir, "actors", "strategy") or {}).get("state") == "failed", 60, "strategy disabled")
     view = wait_for(lambda: (v := status_json(run_dir))["orders"] == {} and not v["positions"]
                     and v["trading"]["strategy"] == "failed" and v, 15, "flat, no open order")
