@@ -25,8 +25,12 @@ def run_dir():
 
 
 @pytest.fixture
-def procs():
-    """Spawn processes through this; any survivor fails the test after being killed."""
+def procs(run_dir):
+    """Spawn processes through this; any survivor fails the test after being killed.
+
+    It asks for ``run_dir`` so that pytest tears it down first: every process is
+    gone before the run directory is removed (else a still-running actor could
+    write into it while it is being removed, and leave it behind)."""
     p = Procs()
     yield p
     left = p.cleanup()
