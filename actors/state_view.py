@@ -20,8 +20,11 @@ Performance:
                    on every equity change (fraction, >= 0)
     sharpe       = mean / stdev (n-1) of the returns between equity samples,
                    annualised by sqrt(samples per year); one sample per market
-                   time step (the equity when the market time moves on), None
-                   with fewer than 2 returns or zero variance
+                   time step (the equity when the market time moves on), at
+                   most one per SAMPLE_MIN_NS (a minute) of market time: live
+                   bars of 0.1 s would annualise a few seconds of noise into
+                   a Sharpe of thousands; None with fewer than 2 returns or
+                   zero variance
     trades       = closing fills (Fill.realized != 0); win_rate = wins / trades,
                    a win is realized > 0 (before fees). Fills seen before this
                    view started are unknown: ``complete`` says so instead of
@@ -51,6 +54,7 @@ from bus.messages import (
 )
 
 YEAR_NS = 365.25 * 24 * 3600 * 1e9
+SAMPLE_MIN_NS = 60 * 10**9  # Sharpe samples: at most one per minute of market time
 OPEN_STATUSES = ("new", "partially-filled")
 KEYS = ("run_id", "publisher", "actors", "trading", "account", "positions", "orders", "trades", "performance",
         "market", "instruments", "counters")
@@ -297,8 +301,9 @@ class StateView:
         return {"performance"}
 
     def _sample(self, ts: int) -> None:
-        """One equity sample per market time step, for the Sharpe ratio."""
-        if not self.account_known or ts <= self._last_sample_ts:
+        """One equity sample per market time step (at most one a minute), for the Sharpe ratio."""
+        if not self.account_known or ts <= self._last_sample_ts or (
+                self._samples and ts - self._last_sample_ts < SAMPLE_MIN_NS):
             return
         eq = self.equity()
         if self._samples and self._last_sample_eq > 0:

@@ -167,3 +167,20 @@ def test_snapshot_is_plain_json_and_unknown_input_changes_nothing():
     assert tuple(snap) == KEYS and json.loads(json.dumps(snap)) == snap
     with pytest.raises(KeyError, match="unknown view key"):
         v.value("nope")
+
+
+def test_sharpe_samples_at_most_once_a_minute_of_market_time():
+    """Live bars of 0.1 s: sampled every bar, a few seconds of noise annualised into a
+    Sharpe of thousands. At most one sample a minute: none shown until it means something."""
+    v = StateView()
+    v.apply(acct(1000.0, 2000.0, positions=[pos("SYN1", 100, 10.0)]))
+    tenth = 10**8
+    for i in range(1, 300):  # 30 s of 0.1 s bars, jittering
+        v.apply(bar("SYN1", i * tenth, 10.0 + (0.01 if i % 2 else -0.01)))
+    perf = v.value("performance")
+    assert perf["samples"] == 1 and perf["sharpe"] is None
+    for i in range(1, 4):  # then a bar a minute apart, three times: three returns
+        v.apply(bar("SYN1", i * 60 * 10**9 + 30 * 10**9, 10.0 + i * 0.1))
+    v.apply(m.EndOfData(feed="f", count=0))
+    perf = v.value("performance")
+    assert perf["samples"] == 4 and perf["sharpe"] is not None and abs(perf["sharpe"]) < 1e6
