@@ -1,4 +1,4 @@
-"""Parity of the two reference engines (tests/bt_reference.py): backtrader and a plain loop.
+"""Parity of the two reference engines (scripts/bt_reference.py): backtrader and a plain loop.
 
 Pins the semantics the paperbus actors must reproduce (docs/PARITY.md): if backtrader and
 the plain loop agree on GOOG and on a crafted series that exercises every edge of the
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests import bt_reference as ref
+from scripts import bt_reference as ref
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 
 import pytest
 
 from actors.strategies.base import Context
 from actors.strategies.sma_cross import SmaCross
 from bus.messages import Bar, Instrument
-from tests import bt_reference as ref
-from tests.harness import PY
+from scripts import bt_reference as ref
+from tests.sup_util import run_backtest
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -92,10 +91,7 @@ def test_backtest_fills_equal_backtrader_fill_by_fill_on_a_tie_heavy_series(proc
     data = run_dir + "-ties.csv"  # beside the run directory: a backtest dir holds only runs
     try:
         ref.write_csv(data, series)
-        p = procs.spawn([PY, "supervisor.py", "--config", "config/backtest.toml", "--run-dir", run_dir,
-                         "--set", f"market_data.path={data}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        out, err = p.communicate(timeout=100)
-        assert p.returncode == 0, err.decode()[-3000:]
+        run_backtest(procs, run_dir, f"market_data.path={data}")
         bt = ref.run_backtrader(data)
     finally:
         os.unlink(data)

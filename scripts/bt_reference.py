@@ -1,7 +1,11 @@
 """Parity references: the SmaCross backtest run by backtrader and by a plain loop, on any data.
 
-Not a test module (no ``test_`` prefix): tests/test_bt_reference.py asserts that the two
-agree, and the end-to-end parity tests of paperbus compare against them.
+    python scripts/bt_reference.py     # both on GOOG, fill by fill
+
+tests/test_bt_reference.py asserts that the two agree; the end-to-end parity tests
+(test_backtest.py, test_parity_ties.py) compare paperbus against them, and
+scripts/bench.py times backtrader with it. Here, not under tests/: scripts never
+import the test suite.
 
 The data: any daily OHLCV CSV in the layout of data/sample/GOOG.csv (an unnamed date
 column, then Open, High, Low, Close, Volume), GOOG by default. ``grid_walk`` generates
