@@ -34,60 +34,30 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from scripts.ctl import request  # noqa: E402
-from tests.harness import wait_for  # noqa: E402  (a poll with a deadline)
+from scripts import testkit  # noqa: E402
 
 
 def _wait(pred, timeout: float, what: str, interval: float = 0.001):
-    return wait_for(pred, timeout, what, interval)
+    return testkit.wait_for(pred, timeout, what, interval)
 
 
-def _log(run_dir: str) -> list[dict]:
-    try:
-        with open(os.path.join(run_dir, "logs", "supervisor.jsonl")) as f:
-            return [json.loads(x) for x in f if x.strip()]
-    except OSError:
-        return []
+_log = testkit.log_events
+_status = testkit.status
+_alive = testkit.pid_alive
 
 
 def _ts(e: dict) -> float:
     return dt.datetime.fromisoformat(e["timestamp"]).timestamp()
 
 
-def _status(run_dir: str) -> dict | None:
-    try:
-        return request(run_dir, "status", timeout=2.0).data
-    except RuntimeError:
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            st = f.read()
-        return st[st.rindex(b")") + 2:st.rindex(b")") + 3] != b"Z"
-    except OSError:
-        return False
-
-
 def _rss_kb(pid: int, key: str = "VmHWM") -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return testkit.rss_kb(pid, key) or 0
 
 
 def _start(config: str, run_dir: str, sets: list[str]) -> tuple[subprocess.Popen, float]:
-    args = [sys.executable, "supervisor.py", "--config", config, "--run-dir", run_dir]
-    for s in sets:
-        args += ["--set", s]
     t0 = time.time()
-    p = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True)
+    p = testkit.start_supervisor(run_dir, config, sets, wait_running=False, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
     return p, t0
 
 
@@ -282,7 +252,7 @@ def raw_reqrep(n: int, tmp: str, gap_s: float = 0.0) -> list[float]:
 
 
 def backtrader_rate(path: str, n: int) -> float:
-    from tests.bt_reference import run_backtrader
+    from scripts.bt_reference import run_backtrader
 
     t0 = time.perf_counter()
     run_backtrader(path)

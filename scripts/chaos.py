@@ -20,7 +20,7 @@ polls; it never sleeps to synchronise):
 2. no zombie, no orphan: the killed pids are gone (not even zombies), no child
    of the supervisor is a zombie, and the live actor processes of this run
    directory are exactly the four the supervisor reports (= its children);
-3. ledger invariants (tests/ledger_check.py, shared with the crash and disk
+3. ledger invariants (scripts/testkit.py, shared with the crash and disk
    tests; ``ledger.sqlite`` opened read-only, one read transaction):
    ``PRAGMA integrity_check`` ok; the positions table and each fill's
    ``position``/``realized`` equal a replay of the fills table through
@@ -84,10 +84,11 @@ from bus.codec import ProtocolError, Stamper  # noqa: E402
 from bus.messages import Fill  # noqa: E402
 import config as config_mod  # noqa: E402
 from bus.sockets import Endpoints, Port, open_port  # noqa: E402
+from scripts import testkit  # noqa: E402
 from scripts.ctl import request  # noqa: E402
-from tests.harness import proc_stat  # noqa: E402
-from tests.sup_util import status as sup_status  # noqa: E402
-from tests.ledger_check import LedgerState, check_published, close_enough, read_ledger  # noqa: E402
+from scripts.testkit import (  # noqa: E402
+    LedgerState, actor_processes, check_published, children, close_enough, proc_stat, read_ledger, same_process,
+)
 
 ACTORS = ["market-data", "paper-exchange", "state-publisher", "strategy"]
 SETS = [
@@ -114,47 +115,6 @@ VIEW_TIMEOUT_S = 10.0
 CTL_TIMEOUT_S = 3.0
 GAP_S = (0.05, 0.6)  # trading time before each kill, uniform
 TOL = 1e-6  # the view rounds money to 6 decimals
-
-
-# ------------------------------------------------------------------ processes
-def actor_processes(run_dir: str) -> dict[int, tuple[str, int]]:
-    """Every process running an actor of this run directory: pid -> (state, ppid)."""
-    out = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if b"-m" not in argv or b"--run-dir" not in argv:
-            continue
-        i = argv.index(b"-m")
-        j = argv.index(b"--run-dir")
-        if i + 1 < len(argv) and argv[i + 1].startswith(b"actors.") and j + 1 < len(argv) \
-                and argv[j + 1] == run_dir.encode():
-            st = proc_stat(int(d))
-            if st is not None:
-                out[int(d)] = (st[0], st[1])
-    return out
-
-
-def children(ppid: int) -> dict[int, str]:
-    """Children of ``ppid``: pid -> state."""
-    out = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            st = proc_stat(int(d))
-            if st is not None and st[1] == ppid:
-                out[int(d)] = st[0]
-    return out
-
-
-def same_process(pid: int, starttime: int) -> bool:
-    """True while ``pid`` is still the process we saw (pids can be reused)."""
-    st = proc_stat(pid)
-    return st is not None and st[2] == starttime
 
 
 # --------------------------------------------------------------------- ledger
@@ -275,7 +235,7 @@ class Chaos:
     def status(self) -> dict | None:
         if not self.sup_alive():
             raise Interrupted(f"the supervisor exited with code {self.sup.returncode if self.sup else None}")
-        return sup_status(self.run_dir, CTL_TIMEOUT_S)
+        return testkit.status(self.run_dir, CTL_TIMEOUT_S)
 
     def ctl(self, cmd: str, timeout: float) -> str:
         """Send a ctl command until it succeeds; returns '' or the last error."""
@@ -292,26 +252,18 @@ class Chaos:
             return rep.ok
         return "" if self.until(attempt, timeout) else (err or "timeout")
 
-    @staticmethod
-    def all_running(st: dict | None) -> bool:
-        return bool(st) and st["phase"] == "running" and all(
-            a["state"] == "running" and a["pid"] for a in st["actors"].values())
-
     def running_status(self) -> dict | None:
         st = self.status()
-        return st if self.all_running(st) else None
+        return st if testkit.is_running(st) else None
 
     # ------------------------------------------------------------- start
     def start(self) -> None:
         log = open(os.path.join(self.run_dir, "supervisor.out"), "ab")
-        args = [sys.executable, os.path.join(ROOT, "supervisor.py"), "--config",
-                os.path.join(ROOT, "config", "default.toml"), "--run-dir", self.run_dir]
-        for s in SETS:
-            args += ["--set", s]
-        # Own session: a terminal Ctrl+C reaches only us, and we shut the system down
-        # in order. SIGTERM on our death: the supervisor then stops it by itself.
-        self.sup = subprocess.Popen(args, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    start_new_session=True, preexec_fn=lambda: set_pdeathsig(signal.SIGTERM))
+        # Not waiting for it to run: the exec subscription must come first (below).
+        # SIGTERM on our death: the supervisor then stops the system by itself.
+        self.sup = testkit.start_supervisor(self.run_dir, testkit.DEFAULT_CONFIG, SETS, wait_running=False,
+                                            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                            preexec_fn=lambda: set_pdeathsig(signal.SIGTERM))
         log.close()
         self.say(f"chaos: seed {self.seed}, run dir {self.run_dir}, supervisor pid {self.sup.pid}")
         eps = os.path.join(self.run_dir, "endpoints.json")
@@ -354,7 +306,7 @@ class Chaos:
 
         def recovered() -> dict | None:
             s = self.status()
-            if not self.all_running(s):
+            if not testkit.is_running(s):
                 return None
             if any(s["actors"][a]["pid"] == pids[a] for a in affected):
                 return None
@@ -388,20 +340,7 @@ class Chaos:
 
     def supervisor_log(self, pid: int) -> list[dict[str, Any]]:
         """The supervisor's log events about ``pid``."""
-        out = []
-        try:
-            with open(os.path.join(self.run_dir, "logs", "supervisor.jsonl")) as f:
-                for line in f:
-                    if str(pid) in line:  # cheap filter before parsing
-                        try:
-                            e = json.loads(line)
-                        except ValueError:
-                            continue
-                        if e.get("pid") == pid:
-                            out.append(e)
-        except OSError:
-            pass
-        return out
+        return [e for e in testkit.log_events(self.run_dir) if e.get("pid") == pid]
 
     def log_events(self, pid: int, prefix: str) -> int:
         return sum(1 for e in self.supervisor_log(pid) if str(e.get("event", "")).startswith(prefix))
@@ -429,7 +368,7 @@ class Chaos:
 
         def consistent() -> bool:
             s = self.status()
-            if not self.all_running(s):
+            if not testkit.is_running(s):
                 return False
             reported = {a["pid"] for a in s["actors"].values()}
             live = {p for p, (state, _) in actor_processes(self.run_dir).items() if state != "Z"}
@@ -498,20 +437,7 @@ class Chaos:
                 os.kill(pid, signal.SIGCONT)
         self.stopped = []
         if self.sup is not None and self.sup.poll() is None:
-            try:
-                request(self.run_dir, "shutdown", timeout=CTL_TIMEOUT_S)
-            except RuntimeError as e:
-                self.say(f"chaos: ctl shutdown failed ({e}); sending SIGTERM")
-                self.sup.terminate()
-            for sig in (None, signal.SIGTERM, signal.SIGKILL):
-                if sig is not None and self.sup.poll() is None:
-                    self.say(f"chaos: supervisor still running, sending {sig.name}")
-                    self.sup.send_signal(sig)
-                try:
-                    self.sup.wait(timeout=30)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+            testkit.shutdown(self.sup, self.run_dir, timeout=30, say=lambda m: self.say(f"chaos: {m}"))
             self.pump(0)  # fills still queued in our socket
         if self.sup is not None and self.sup.returncode not in (0, None):
             self.violations.append(f"supervisor exited with code {self.sup.returncode} (see "

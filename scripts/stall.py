@@ -47,9 +47,8 @@ if ROOT not in sys.path:
 
 from bus.clone_client import CloneClient  # noqa: E402
 from bus.messages import Delta  # noqa: E402
-from scripts.ctl import request  # noqa: E402
-from tests.harness import pid_state, wait_for  # noqa: E402
-from tests.sup_util import log_events, phase, status  # noqa: E402
+from scripts import testkit  # noqa: E402
+from scripts.testkit import log_events, pid_state, rss_kb, status  # noqa: E402
 
 PY = sys.executable
 ACTORS = ("market-data", "paper-exchange", "state-publisher", "strategy")
@@ -74,17 +73,6 @@ def config_sets(rate_hz: float, pub_hwm: int | None) -> list[str]:
     if pub_hwm is not None:
         sets.append(f"state.pub_hwm={pub_hwm}")
     return sets
-
-
-def rss_kb(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
 
 
 def _norm(x: Any) -> Any:
@@ -229,13 +217,6 @@ def rate(samples: list[Sample], attr: str) -> float:
     return (getattr(samples[-1], attr) - getattr(samples[0], attr)) / (samples[-1].t - samples[0].t)
 
 
-def default_spawn(args: list[str], **kw: Any) -> subprocess.Popen:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("PAPERBUS_SUPERVISOR_PID", None)
-    return subprocess.Popen(args, cwd=ROOT, env=env, start_new_session=True, **kw)
-
-
 class Stall:
     def __init__(self, run_dir: str, seconds: float, pub_hwm: int, rate_hz: float, baseline_s: float,
                  spawn: Callable[..., subprocess.Popen], log: Callable[[str], None]):
@@ -328,14 +309,10 @@ class Stall:
 
     # ------------------------------------------------------------- the run
     def start(self) -> None:
-        args = [PY, "supervisor.py", "--config", "config/default.toml", "--run-dir", self.run_dir]
-        for s in config_sets(self.r.rate_hz, self.r.pub_hwm):
-            args += ["--set", s]
         self.sup_err = open(os.path.join(self.run_dir, "stall-supervisor.console"), "wb")
-        self.sup = self.spawn(args, stdout=subprocess.DEVNULL, stderr=self.sup_err)
-        wait_for(lambda: self.sup.poll() is not None or phase(self.run_dir) == "running", 60, "supervisor running")
-        if self.sup.poll() is not None:
-            raise RuntimeError(f"supervisor exited {self.sup.returncode}")
+        self.sup = testkit.start_supervisor(self.run_dir, testkit.DEFAULT_CONFIG,
+                                            config_sets(self.r.rate_hz, self.r.pub_hwm), spawn=self.spawn,
+                                            timeout=60, stdout=subprocess.DEVNULL, stderr=self.sup_err)
         self.ref = Reference(self.run_dir)
         if not self.ref.client.wait_synced(10):
             raise RuntimeError(f"reference client got no snapshot: {self.ref.client.error}")
@@ -444,22 +421,14 @@ class Stall:
                 self.mon.wait(5)
         if self.ref is not None:
             self.ref.close()
-        if self.sup is not None and self.sup.poll() is None:
-            try:
-                request(self.run_dir, "shutdown", timeout=3.0)
-            except RuntimeError:
-                pass
-            try:
-                self.sup.wait(30)
-            except subprocess.TimeoutExpired:
-                self.sup.kill()
-                self.sup.wait(5)
+        if self.sup is not None:
+            testkit.shutdown(self.sup, self.run_dir)
         if hasattr(self, "sup_err"):
             self.sup_err.close()
 
 
 def run(run_dir: str, seconds: float = 30.0, pub_hwm: int = 1000, rate_hz: float = 200.0,
-        baseline_s: float = 5.0, spawn: Callable[..., subprocess.Popen] = default_spawn,
+        baseline_s: float = 5.0, spawn: Callable[..., subprocess.Popen] = testkit.spawn,
         log: Callable[[str], None] = lambda s: None) -> Result:
     s = Stall(run_dir, seconds, pub_hwm, rate_hz, baseline_s, spawn, log)
     try:

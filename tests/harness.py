@@ -11,11 +11,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import zmq
 
@@ -23,60 +22,11 @@ import config as config_mod
 from bus.codec import ProtocolError, Stamper
 from bus.messages import Heartbeat, Init, Loaded, Run, Stop
 from bus.sockets import Endpoints, Received, ensure_run_dir, open_port
+# The tests' imports of these predate scripts/testkit.py, where they now live.
+from scripts.testkit import PY, child_env, pid_state, pids_with_env, proc_stat, spawn, wait_for  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
-PY = sys.executable
 TAG_ENV = "PAPERBUS_TEST_TAG"
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.01) -> Any:
-    """Poll ``pred`` until truthy or the deadline passes (a poll with a deadline, not a sleep)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        # Block on nothing in particular for a tick; callers that can wait on a
-        # socket or a pipe do so instead.
-        time.sleep(interval)
-
-
-def tagged_pids(tag: str) -> list[int]:
-    """Live (non-zombie) processes whose environment carries ``tag``."""
-    needle = f"{TAG_ENV}={tag}".encode()
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/environ", "rb") as f:
-                env = f.read()
-            if needle not in env.split(b"\0"):
-                continue
-        except OSError:
-            continue
-        state = pid_state(int(d))
-        if state is not None and state != "Z":
-            out.append(int(d))
-    return out
-
-
-def proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, ppid, starttime) of a pid from /proc/<pid>/stat, or None when there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            st = f.read()
-    except OSError:
-        return None
-    rest = st[st.rindex(b")") + 2:].split()  # after "pid (comm) ": comm may hold spaces and parens
-    return rest[0].decode(), int(rest[1]), int(rest[19])
-
-
-def pid_state(pid: int) -> str | None:
-    st = proc_stat(pid)
-    return st[0] if st is not None else None
 
 
 class Procs:
@@ -87,18 +37,12 @@ class Procs:
         self.popens: list[subprocess.Popen] = []
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        env = dict(os.environ)
-        env[TAG_ENV] = self.tag
-        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-        env.pop("PAPERBUS_SUPERVISOR_PID", None)
-        if extra:
-            env.update(extra)
-        return env
+        return child_env({TAG_ENV: self.tag, **(extra or {})})
 
     def spawn(self, args: list[str], *, env: dict[str, str] | None = None, new_session: bool = True,
               **kw: Any) -> subprocess.Popen:
-        p = subprocess.Popen(args, env=self.env(env), cwd=kw.pop("cwd", ROOT), start_new_session=new_session,
-                             **kw)
+        """scripts.testkit.spawn with the tag: a drop-in ``spawn`` for the testkit's functions."""
+        p = spawn(args, env={TAG_ENV: self.tag, **(env or {})}, new_session=new_session, **kw)
         self.popens.append(p)
         return p
 
@@ -106,7 +50,7 @@ class Procs:
         return self.spawn([PY, *args], **kw)
 
     def leftovers(self) -> list[int]:
-        return tagged_pids(self.tag)
+        return pids_with_env(TAG_ENV, self.tag)
 
     def cleanup(self) -> list[int]:
         """Kill what the test spawned directly; return the orphans that outlived it.

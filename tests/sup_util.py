@@ -1,77 +1,30 @@
-"""Start the real supervisor for a test and talk to it over its real endpoints."""
+"""Start the real supervisor for a test and talk to it over its real endpoints.
+
+scripts/testkit.py does the work (the scripts use it too); this binds it to the
+``procs`` fixture, so every process is tagged and reaped, and keeps the
+supervisor's stdout and stderr in pipes the test can read.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-import time
+import subprocess
 
-from scripts.ctl import request
-from tests.harness import PY, Procs, wait_for
+from scripts import testkit
+from scripts.testkit import field, log_events, phase, pid_alive, status, status_now, wait_gone  # noqa: F401
+from tests.harness import Procs
 
 DUMMIES = "tests/fixtures/dummies.toml"
 
 
 def start_supervisor(procs: Procs, run_dir: str, config: str = DUMMIES, sets: list[str] | None = None,
                      env: dict[str, str] | None = None, wait_running: bool = True, timeout: float = 15):
-    args = [PY, "supervisor.py", "--config", config, "--run-dir", run_dir]
-    for s in sets or []:
-        args += ["--set", s]
-    import subprocess
-    p = procs.spawn(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    if wait_running:
-        wait_for(lambda: p.poll() is not None or phase(run_dir) == "running", timeout, "supervisor running")
-        assert p.poll() is None, f"supervisor exited {p.returncode}: {p.stderr.read().decode()}"
-    return p
+    return testkit.start_supervisor(run_dir, config, sets or [], env, spawn=procs.spawn, wait_running=wait_running,
+                                    timeout=timeout, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def status(run_dir: str, timeout: float = 2.0) -> dict | None:
-    try:
-        return request(run_dir, "status", timeout=timeout).data
-    except RuntimeError:
-        return None
-
-
-def status_now(run_dir: str, timeout: float = 10.0) -> dict:
-    """The supervisor's status, asking again if one request times out on a loaded machine."""
-    return wait_for(lambda: status(run_dir), timeout, "a status reply")
-
-
-def field(run_dir: str, *keys: str, default=None):
-    """One value of the supervisor's status, or ``default`` when the request timed
-    out (a loaded machine) or the key is not there yet: safe inside wait_for."""
-    d = status(run_dir)
-    for k in keys:
-        if not isinstance(d, dict) or k not in d:
-            return default
-        d = d[k]
-    return d
-
-
-def phase(run_dir: str) -> str | None:
-    if not os.path.exists(os.path.join(run_dir, "endpoints.json")):
-        return None
-    st = status(run_dir)
-    if st is None:
-        return None
-    if st["phase"] == "running" and all(a["state"] == "running" for a in st["actors"].values()):
-        return "running"
-    return st["phase"]
-
-
-def log_events(run_dir: str, process: str = "supervisor") -> list[dict]:
-    path = os.path.join(run_dir, "logs", f"{process}.jsonl")
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def pid_alive(pid: int) -> bool:
-    from tests.harness import pid_state
-    st = pid_state(pid)
-    return st is not None and st != "Z"
-
-
-def wait_gone(pids: list[int], timeout: float) -> float:
-    t0 = time.monotonic()
-    wait_for(lambda: not any(pid_alive(p) for p in pids), timeout, f"pids {pids} gone", interval=0.001)
-    return time.monotonic() - t0
+def run_backtest(procs: Procs, run_dir: str, *sets: str, ok: bool = True, timeout: float = 100) -> tuple[int, str, str]:
+    """A backtest through the supervisor's command line, to its end: (exit code, stdout, stderr)."""
+    rc, out, err = testkit.run_backtest(run_dir, sets, spawn=procs.spawn, timeout=timeout)
+    if ok:
+        assert rc == 0, err[-3000:]
+    return rc, out, err

@@ -1,27 +1,14 @@
 """Backtests on the same supervisor and actors: end to end, determinism, parity with backtrader."""
 
-import csv
-import datetime as dt
 import json
 import os
-import subprocess
 
 import pytest
 
-from tests.bt_reference import run_backtrader
-from tests.harness import PY
+from scripts.bt_reference import paperbus_fills, run_backtrader
+from tests.sup_util import run_backtest
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def run_backtest(procs, run_dir, *sets):
-    args = [PY, "supervisor.py", "--config", "config/backtest.toml", "--run-dir", run_dir]
-    for s in sets:
-        args += ["--set", s]
-    p = procs.spawn(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = p.communicate(timeout=100)
-    assert p.returncode == 0, err.decode()[-3000:]
-    return out.decode()
 
 
 def read(run_dir, name):
@@ -31,7 +18,7 @@ def read(run_dir, name):
 
 
 def test_backtest_end_to_end_and_parity_with_backtrader(procs, run_dir):
-    out = run_backtest(procs, run_dir)
+    _, out, _ = run_backtest(procs, run_dir)
     res = os.path.join(run_dir, "latest")
     for name in ("fills.csv", "trades.csv", "equity.csv", "summary.json", "report.png"):
         assert os.path.getsize(os.path.join(res, name)) > 0, name
@@ -43,9 +30,7 @@ def test_backtest_end_to_end_and_parity_with_backtrader(procs, run_dir):
 
     # Parity: same fills (date, side, qty, price) and final equity to the cent as backtrader
     bt = run_backtrader()
-    with open(os.path.join(res, "fills.csv")) as f:
-        ours = [(dt.datetime.fromtimestamp(int(r["ts"]) / 1e9, dt.timezone.utc).date().isoformat(), r["side"],
-                 int(r["qty"]), float(r["price"])) for r in csv.DictReader(f)]
+    ours = [(x.date, x.side, x.qty, x.price) for x in paperbus_fills(res)]
     theirs = [(x.date, x.side, x.qty, x.price) for x in bt.fills]
     assert len(theirs) == 94
     assert ours == theirs

@@ -19,7 +19,7 @@ from bus.messages import Fill
 from scripts.chaos import view_diff
 from supervisor import lock_holder
 from tests.harness import Procs
-from tests.ledger_check import check_published, read_ledger
+from scripts.testkit import check_published, read_ledger
 
 pytestmark = pytest.mark.timeout(240)
 

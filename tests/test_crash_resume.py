@@ -25,7 +25,7 @@ from bus.codec import Stamper
 from bus.messages import OrderAck, Query, QueryReply, SubmitOrder
 from bus.sockets import Endpoints, open_port
 from tests.harness import wait_for
-from tests.ledger_check import read_ledger
+from scripts.testkit import read_ledger
 from tests.sup_util import field, log_events, start_supervisor, status_now, wait_gone
 
 ROUNDS = int(os.environ.get("PAPERBUS_CRASH_ROUNDS", "3"))
@@ -44,7 +44,7 @@ def fills(run_dir: str) -> int:
 
 
 def ledger_snapshot(run_dir: str) -> dict:
-    """What the books are, from the ledger alone (read-only), its invariants checked (tests/ledger_check.py)."""
+    """What the books are, from the ledger alone (read-only), its invariants checked (scripts/testkit.py)."""
     bad: list[str] = []
     led = read_ledger(os.path.join(run_dir, "ledger.sqlite"), bad)
     assert bad == [], bad

@@ -39,7 +39,7 @@ from bus.messages import ActorEvent, Fill, OrderInfo, OrderUpdate
 from bus.sockets import Endpoints, open_port
 from scripts.ctl import request
 from tests.harness import PY, wait_for
-from tests.ledger_check import LedgerState, check_published, read_ledger
+from scripts.testkit import LedgerState, check_published, read_ledger
 from tests.sup_util import field, log_events, pid_alive, start_supervisor, status_now
 
 pytestmark = pytest.mark.timeout(90)
@@ -100,7 +100,7 @@ class Tap:
 
 
 def ledger_snapshot(run_dir: str) -> LedgerState:
-    """A copy of the ledger (db + WAL, as a crash leaves them), its invariants checked (tests/ledger_check.py).
+    """A copy of the ledger (db + WAL, as a crash leaves them), its invariants checked (scripts/testkit.py).
 
     A copy, so the real files are first reopened by the exchange of the next run
     (and a read-only filesystem needs no -shm file created on it).

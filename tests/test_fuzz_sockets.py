@@ -27,8 +27,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from bus.messages import SCHEMA_VERSION
 from bus.sockets import Endpoints
+from scripts import testkit
 from scripts.ctl import request
-from tests.harness import PY, Procs, wait_for
+from tests.harness import Procs, wait_for
 from tests.sup_util import field, status
 
 EXAMPLES = int(os.environ.get("PAPERBUS_FUZZ_EXAMPLES", "300"))
@@ -49,11 +50,10 @@ def system(tmp_path_factory):
     run_dir = tempfile.mkdtemp(prefix="pbf-", dir="/tmp")
     procs = Procs()
     ctx = zmq.Context()
-    p = procs.spawn([PY, "supervisor.py", "--run-dir", run_dir, "--set", "market_data.rate_hz=50",
-                     "--set", "exchange.fill_on=close", "--set", "strategy.params={ fast = 2, slow = 4, qty = 10 }"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: (status(run_dir) or {}).get("phase") == "running", 30, "system running")
+        p = testkit.start_supervisor(run_dir, None, ["market_data.rate_hz=50", "exchange.fill_on=close",
+                                                     "strategy.params={ fast = 2, slow = 4, qty = 10 }"],
+                                     spawn=procs.spawn, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: field(run_dir, "actors", "paper-exchange", "status", "fills", default=0) >= 1, 30, "a fill")
         assert request(run_dir, "pause", timeout=3).ok
         # paused: no new orders; market orders fill at once, so nothing stays open
@@ -69,11 +69,12 @@ def system(tmp_path_factory):
         # would block on them before the supervisor below is stopped.
         _socks.clear()
         ctx.destroy(linger=0)
-        p.send_signal(2)
-        try:
-            p.wait(20)
-        except subprocess.TimeoutExpired:
-            pass
+        for q in procs.popens:  # the supervisor, if it started
+            q.send_signal(2)
+            try:
+                q.wait(20)
+            except subprocess.TimeoutExpired:
+                pass
         left = procs.cleanup()
         shutil.rmtree(run_dir, ignore_errors=True)
         assert not left, f"left processes: {left}"

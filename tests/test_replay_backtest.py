@@ -6,12 +6,10 @@ import json
 import math
 import os
 import shutil
-import subprocess
 
 import pytest
 
-from tests.harness import PY
-from tests.sup_util import log_events
+from tests.sup_util import log_events, run_backtest
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -44,17 +42,12 @@ def backtest(procs, run_dir, data, *sets):
     inst = os.path.join(os.path.dirname(run_dir), os.path.basename(run_dir) + "-inst.csv")
     with open(inst, "w") as f:
         f.write("symbol,kind,tick_size\nAAA,equity,0.01\nBBB,equity,0.01\n")
-    args = [PY, "supervisor.py", "--config", "config/backtest.toml", "--run-dir", run_dir,
-            "--set", f'market_data.path="{data}"', "--set", f'market_data.instruments="{inst}"',
-            "--set", 'market_data.symbol=""', "--set", "strategy.params={ fast = 2, slow = 5, qty = 10 }"]
-    for s in sets:
-        args += ["--set", s]
     try:
-        p = procs.spawn(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        out, err = p.communicate(timeout=100)
+        return run_backtest(procs, run_dir, f'market_data.path="{data}"', f'market_data.instruments="{inst}"',
+                            'market_data.symbol=""', "strategy.params={ fast = 2, slow = 5, qty = 10 }", *sets,
+                            ok=False)
     finally:
         os.unlink(inst)
-    return p.returncode, out.decode(), err.decode()
 
 
 @pytest.fixture

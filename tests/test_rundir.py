@@ -24,7 +24,7 @@ from actors import rundir
 from actors.ledger import Ledger, LedgerModeError
 from scripts.ctl import request
 from tests.harness import PY, ROOT, wait_for
-from tests.sup_util import start_supervisor, status
+from tests.sup_util import run_backtest as backtest, start_supervisor, status
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -53,17 +53,6 @@ def live_run(procs, run_dir: str, fills: int = 3) -> None:
                       .get("status", {}).get("fills", 0)) >= fills, 30, f"{fills} fills")
     assert request(run_dir, "shutdown", timeout=5).ok
     assert p.wait(30) == 0, p.stderr.read().decode()
-
-
-def backtest(procs, run_dir: str, *sets: str, ok: bool = True) -> tuple[int, str, str]:
-    args = [PY, "supervisor.py", "--config", "config/backtest.toml", "--run-dir", run_dir]
-    for s in sets:
-        args += ["--set", s]
-    p = procs.spawn(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = p.communicate(timeout=100)
-    if ok:
-        assert p.returncode == 0, err.decode()[-3000:]
-    return p.returncode, out.decode(), err.decode()
 
 
 def test_backtest_on_a_live_directory_is_refused_and_changes_nothing(procs, run_dir):

@@ -83,7 +83,7 @@ def test_sma_cross_hand_checked_signals_and_in_flight_accounting():
 def test_sma_cross_signals_equal_backtrader_rule_on_ties():
     """The plugin's crosses are the reference crossovers() (proven equal to backtrader's
     CrossOver in test_bt_reference) on the crafted tie series and on GOOG."""
-    from tests import bt_reference as ref
+    from scripts import bt_reference as ref
     from tests.test_bt_reference import EDGE_CLOSES
 
     for closes, fast, slow in ((EDGE_CLOSES, 1, 2), ([b.close for b in ref.load_bars()], 10, 20)):

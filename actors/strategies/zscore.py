@@ -1,7 +1,9 @@
 """ZScoreReversion: fade moves away from the rolling mean.
 
 z = (close - mean) / stdev over the last ``window`` closes (the current one
-included; population stdev). On each bar, once ``window`` closes exist:
+included; population stdev). Both sums are ``math.fsum``, correctly rounded like
+SmaCross's averages (docs/PARITY.md): no rounding error of the additions reaches
+a comparison with a band. On each bar, once ``window`` closes exist:
 
 - z >  entry_z  -> target -qty (price stretched up: sell)
 - z < -entry_z  -> target +qty
@@ -48,8 +50,8 @@ class ZScoreReversion(Strategy):
         c.append(bar.close)
         if len(c) < self.window:
             return
-        mean = sum(c) / self.window
-        sd = math.sqrt(sum((x - mean) ** 2 for x in c) / self.window)
+        mean = math.fsum(c) / self.window
+        sd = math.sqrt(math.fsum((x - mean) ** 2 for x in c) / self.window)
         if sd <= 1e-12 * max(1.0, abs(mean)):
             return
         z = (bar.close - mean) / sd

@@ -1,10 +1,19 @@
-"""Parity references for issue 7: the SmaCross backtest run by backtrader and by a plain loop.
+"""Parity references: the SmaCross backtest run by backtrader and by a plain loop, on any data.
 
-Not a test module (no ``test_`` prefix): tests/test_bt_reference.py asserts that the two
-agree, and the end-to-end parity test of the paperbus actors compares against them.
+    python scripts/bt_reference.py     # both on GOOG, fill by fill
+
+tests/test_bt_reference.py asserts that the two agree; the end-to-end parity tests
+(test_backtest.py, test_parity_ties.py) compare paperbus against them, and
+scripts/bench.py times backtrader with it. Here, not under tests/: scripts never
+import the test suite.
+
+The data: any daily OHLCV CSV in the layout of data/sample/GOOG.csv (an unnamed date
+column, then Open, High, Low, Close, Volume), GOOG by default. ``grid_walk`` generates
+series on a coarse price grid, where the two SMAs tie often, and ``write_csv`` writes them;
+``paperbus_fills`` reads a paperbus backtest's fills.csv as the same ``Fill`` records.
 
 The scenario (docs/PARITY.md has the reasoning):
-  * data/sample/GOOG.csv, daily bars, signal on the close;
+  * signal on the close of each daily bar;
   * SMA(fast=10) and SMA(slow=20), each ``math.fsum(window) / period`` (backtrader's
     Average, so the floats are bit-identical);
   * crossover = backtrader's ``bt.ind.CrossOver``: up at bar t when the last NON-ZERO
@@ -20,8 +29,10 @@ The scenario (docs/PARITY.md has the reasoning):
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import math
 import os
+import random
 from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,6 +87,52 @@ def load_bars(path: str = GOOG_CSV) -> list[Bar]:
             for r in rows
             if r
         ]
+
+
+def grid_walk(n: int, seed: int = 1, tick_cents: int = 5, start_cents: int = 5000,
+              first_day: dt.date = dt.date(1970, 1, 1)) -> list[Bar]:
+    """``n`` seeded daily bars whose prices are on a coarse grid, so the SMAs tie often.
+
+    Each close moves -1, 0, 0 or +1 ticks from the last, so over 10 and 20 bars the
+    averages meet exactly on about 2 % of the bars. With a tick such as 0.05, which
+    binary floats cannot hold exactly, whether they meet is decided by the last bits of
+    the sums: the data on which an SMA that is not backtrader's fsum trades differently.
+    The open is the previous close moved -1..+1 ticks (market orders fill there), the
+    high and low a tick beyond. Prices are ``cents / 100``, the float that "50.05" parses to.
+    """
+    rng = random.Random(seed)
+    steps = (-1, 0, 0, 1)
+    out = []
+    close = start_cents
+    for i in range(n):
+        open_ = close + tick_cents * rng.choice(steps)
+        close += tick_cents * rng.choice(steps)
+        high = max(open_, close) + tick_cents * rng.randint(0, 1)
+        low = min(open_, close) - tick_cents * rng.randint(0, 1)
+        if low <= 0:
+            raise ValueError(f"grid_walk: price reached {low / 100} at bar {i}; raise start_cents")
+        out.append(Bar((first_day + dt.timedelta(days=i)).isoformat(), open_ / 100, high / 100, low / 100,
+                       close / 100, float(rng.randint(100, 10_000))))
+    return out
+
+
+def write_csv(path: str, bars: list[Bar]) -> None:
+    """Bars in GOOG.csv's layout, which both engines and the paperbus replay read.
+    ``repr`` is the shortest text that parses back to the same float."""
+    with open(path, "w", newline="") as f:
+        f.write(",Open,High,Low,Close,Volume\n")
+        for b in bars:
+            f.write(f"{b.date},{b.open!r},{b.high!r},{b.low!r},{b.close!r},{b.volume:.0f}\n")
+
+
+def paperbus_fills(results_dir: str) -> list[Fill]:
+    """The fills.csv of a paperbus backtest (``<run-dir>/latest``) as ``Fill`` records.
+
+    The date is the fill's UTC date (``ts`` is ns); the fee is rounded to the instrument's
+    precision there, so compare commissions rounded to the cent."""
+    with open(os.path.join(results_dir, "fills.csv"), newline="") as f:
+        return [Fill(dt.datetime.fromtimestamp(int(r["ts"]) / 1e9, dt.timezone.utc).date().isoformat(), r["side"],
+                     int(r["qty"]), float(r["price"]), float(r["fee"])) for r in csv.DictReader(f)]
 
 
 def sma(values: list[float], period: int) -> list[float | None]:
