@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--key", default=None, metavar="FILE",
                     help="tcp: client secret certificate (.key_secret) to connect with")
     ap.add_argument("--force", action="store_true", help="keygen: replace existing keys")
-    ap.add_argument("command", choices=list(CONTROL), metavar="COMMAND", help="one of the commands below")
+    ap.add_argument("command", choices=list(CONTROL), help="one of the commands below")
     ap.add_argument("args", nargs="*", metavar="ARG", help="its arguments, as listed below")
     try:
         args = ap.parse_args(argv)
@@ -253,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE if e.code else EXIT_OK
     wrong = check_args(CONTROL[args.command], args.args)
     if wrong:
-        print(f"ctl: {wrong}" + (" (use --run-dir)" if args.command == "runs" else ""), file=sys.stderr)
+        print(f"ctl: {wrong}" + ("; the run directory is --run-dir DIR" if args.command == "runs" else ""),
+              file=sys.stderr)
         return EXIT_USAGE
     if args.command == "keygen":
         return _keygen(args.args[0] if args.args else "keys", args.force)

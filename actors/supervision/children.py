@@ -147,7 +147,8 @@ class Children(dict[str, Child]):
         log = dict(actor=c.name, pid=c.pid, how=how, uptime_s=uptime)
         if d.why == Why.DISK_ERROR:  # a full or read-only run directory: stop the others in order
             reason = f"{c.name}: {self.fatal_reason(c) or f'disk error (exit code {EXIT_DISK})'}"
-            sup.log.error("actor stopped on a disk error", **log, error=reason, next="stop everything, exit 1")
+            sup.log.error("actor stopped on a disk error", actor=c.name, pid=c.pid, error=reason, uptime_s=uptime,
+                          next="stop everything, exit 1")
             self.set_state(c, S.FAILED, reason)
             if sup.phase != "stopping":
                 sup.begin_shutdown(reason, EXIT_FAIL)

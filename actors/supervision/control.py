@@ -167,7 +167,8 @@ def check_args(cmd: CtlCommand, args: list[str]) -> str:
     if len(args) < least:
         return f"{cmd.name} needs {cmd.usage}"
     if most is not None and len(args) > most:
-        return f"{cmd.name} takes no argument" if most == 0 else f"{cmd.name} takes {cmd.usage}"
+        return (f"unrecognized arguments: {' '.join(args[most:])} ({cmd.name} takes "
+                f"{cmd.usage or 'no argument'})")
     return ""
 
 
