@@ -25,7 +25,6 @@ import sys
 import time
 from typing import Any
 
-import msgspec
 import zmq
 
 import config as config_mod
@@ -37,17 +36,16 @@ from actors.supervision.control import CONTROL, SUPERVISOR_COMMANDS
 from actors.supervision.fanout import Fanout
 from actors.supervision.peers import Peers, place
 from actors.supervision import runfiles
-from actors.supervision.runfiles import (AlreadyRunning, RunRecord, acquire_lock, new_run_id, publish_endpoints,
-                                         unpublish_endpoints)
+from actors.supervision.runfiles import (AlreadyRunning, RunRecord, claim_run_dir, new_run_id, publish_endpoints,
+                                         unpublish_endpoints, write_effective_config)
 from bus import log as logmod
 from bus.actor_states import ActorState as S
 from bus.codec import ProtocolError, Stamper
 from bus.faults import disk_error
-from bus.fileio import atomic_write
 from bus.liveness import RunGap
 from bus.messages import CommandReply, CtlReply, CtlRequest, Fatal, Finished, Heartbeat, InitFailed, Loaded, Ready, \
-    Stop, Stopped
-from bus.sockets import Endpoints, EndpointError, ensure_run_dir, open_port
+    Stopped
+from bus.sockets import Endpoints, EndpointError, open_port
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 FINAL_LINE_WAIT_S = 2.0  # how long the last line may wait for a console that is not read
@@ -93,11 +91,7 @@ class Supervisor:
         self.ctx = zmq.Context()
         self.stamper = Stamper("supervisor", self.run_id)
         self.endpoints = Endpoints.from_config(run_dir, cfg.bus, declared=registry.declared_endpoints(decls))
-        # Every endpoint's address in the config the actors load: one knows only its own
-        # declared endpoints, and a tcp port must not depend on which ones it knows.
-        self.effective_cfg = os.path.join(run_dir, "config.json")
-        eff = msgspec.structs.replace(cfg, bus=msgspec.structs.replace(cfg.bus, endpoints=self.endpoints.as_dict()))
-        atomic_write(self.effective_cfg, config_mod.to_json_bytes(eff))
+        self.effective_cfg = write_effective_config(run_dir, cfg, self.endpoints)
         self.lifecycle = self.control = self.events = self.peers = None
         try:
             self._open_ports()
@@ -157,25 +151,9 @@ class Supervisor:
             if msg.info:
                 c.status_info = dict(msg.info)
         elif isinstance(msg, Loaded):
-            if c.state == S.LOADING:
-                self.log.info("actor loaded", actor=c.name, pid=c.pid, load_s=round(now - c.started_at, 4))
-                self.children.set_state(c, S.LOADED)
-                if self.children.deps_up(c):  # at once, not on the next loop round
-                    self.children.send_init(c)
-            elif c.state == S.STOPPING:  # told to stop before it had connected: tell it again
-                self.lifecycle.send(Stop(reason="shutdown"), to=c.name.encode(), flags=zmq.NOBLOCK)
+            self.children.loaded(c, now)
         elif isinstance(msg, Ready):
-            if c.state != S.STARTING:
-                return
-            c.info, c.ready_at = dict(msg.info), now
-            self.log.info("actor ready", actor=c.name, pid=c.pid, start_s=round(now - c.started_at, 4),
-                          init_s=round(now - c.init_at, 4), **{
-                k: v for k, v in c.info.items() if isinstance(v, (int, float, str))})
-            for w in c.info.get("warnings") or ():  # e.g. replay rows skipped: said where the user looks
-                self.log.warning("actor warning", actor=c.name, warning=str(w))
-            self.children.set_state(c, S.READY)
-            if self.phase == "running" and all(self.children[d].state == S.RUNNING for d in c.cfg.after):
-                self.children.send_run(c)
+            self.children.ready(c, dict(msg.info), now)
         elif isinstance(msg, InitFailed):
             self.log.error("actor init failed", actor=c.name, pid=c.pid, reason=msg.reason)
             c.info["init_error"] = msg.reason
@@ -257,9 +235,7 @@ class Supervisor:
     def heartbeat(self, now: float) -> None:
         if now >= self._next_hb:
             self._next_hb = now + self.hb_s
-            for c in self.children.values():
-                if c.alive and c.state in (S.LOADED, S.STARTING, S.READY, S.RUNNING, S.STOPPING):
-                    self.lifecycle.send(Heartbeat(), to=c.name.encode(), flags=zmq.NOBLOCK)
+            self.children.heartbeat()
         if now >= self._next_events:
             self._next_events = now + EVENT_REFRESH_S
             for c in self.children.values():
@@ -313,10 +289,7 @@ class Supervisor:
                     self.log.info("all actors running", cold_start_s=round(time.monotonic() - t0, 4))
             else:
                 self.fanout.send_deferred()
-                for c in self.children.values():
-                    if c.state == S.READY and all(self.children[d].state == S.RUNNING
-                                                  for d in c.cfg.after if d in self.children):
-                        self.children.send_run(c)
+                self.children.run_ready()
             self.heartbeat(now)
             self.peers.poll(now)
             self.check_timeouts(now)
@@ -412,21 +385,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"supervisor: {e}", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        if cfg.service.mode == "backtest":
-            # Each backtest in a directory of its own under the backtest run dir:
-            # results are never overwritten and never mixed with another run's.
-            base = run_dir
-            os.makedirs(base, mode=0o700, exist_ok=True)
-            run_dir = os.path.join(base, run_id)
-        ensure_run_dir(run_dir)
-        lock_fd = acquire_lock(run_dir)
-        if cfg.service.mode == "backtest":
-            rundir.point_latest(base, run_id)
+        run_dir, lock_fd = claim_run_dir(run_dir, cfg.service.mode, run_id)
     except AlreadyRunning as e:
         print(f"supervisor: {e}", file=sys.stderr)
         return EXIT_FAIL
     except OSError as e:
-        print(f"supervisor: cannot use run directory {run_dir}: {e.strerror}", file=sys.stderr)
+        print(f"supervisor: cannot use run directory {e.filename or run_dir}: {e.strerror}", file=sys.stderr)
         return EXIT_FAIL
     try:
         cfg, remote = place(cfg, run_dir, registry.declared_endpoints(decls))

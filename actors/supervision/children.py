@@ -19,7 +19,7 @@ from actors.supervision.child import Child
 from actors.supervision.policy import Action, Exit, History, Limits, Why, decide
 from bus.actor_states import ActorState as S
 from bus.codec import ProtocolError
-from bus.messages import ActorEvent, Init, Run, Stop
+from bus.messages import ActorEvent, Heartbeat, Init, Run, Stop
 from bus.sockets import topic_for
 
 EXIT_FAIL, EXIT_CONFIG = 1, 2
@@ -72,6 +72,41 @@ class Children(dict[str, Child]):
     def deps_up(self, c: Child) -> bool:
         return all((self[d].state if d in self else self.sup.peers.state.get(d, "")) in ("ready", "running")
                    for d in c.cfg.after if d in self or d in self.sup.remote)
+
+    def loaded(self, c: Child, now: float) -> None:
+        """LOADED: initialise it as soon as what it is `after` is READY (at once, if it is)."""
+        if c.state == S.LOADING:
+            self.sup.log.info("actor loaded", actor=c.name, pid=c.pid, load_s=round(now - c.started_at, 4))
+            self.set_state(c, S.LOADED)
+            if self.deps_up(c):
+                self.send_init(c)
+        elif c.state == S.STOPPING:  # told to stop before it had connected: tell it again
+            self.sup.lifecycle.send(Stop(reason="shutdown"), to=c.name.encode(), flags=zmq.NOBLOCK)
+
+    def ready(self, c: Child, info: dict[str, Any], now: float) -> None:
+        """READY: running once what it is `after` runs (after a restart; at start, the barrier decides)."""
+        if c.state != S.STARTING:
+            return
+        c.info, c.ready_at = info, now
+        log = self.sup.log
+        log.info("actor ready", actor=c.name, pid=c.pid, start_s=round(now - c.started_at, 4),
+                 init_s=round(now - c.init_at, 4), **{k: v for k, v in info.items() if isinstance(v, (int, float, str))})
+        for w in info.get("warnings") or ():  # e.g. replay rows skipped: said where the user looks
+            log.warning("actor warning", actor=c.name, warning=str(w))
+        self.set_state(c, S.READY)
+        if self.sup.phase == "running":
+            self.run_ready()
+
+    def run_ready(self) -> None:
+        """Once running, RUN goes to a READY actor as soon as what it is `after` here runs."""
+        for c in self.values():
+            if c.state == S.READY and all(self[d].state == S.RUNNING for d in c.cfg.after if d in self):
+                self.send_run(c)
+
+    def heartbeat(self) -> None:
+        for c in self.values():
+            if c.alive and c.state != S.LOADING:  # a loading actor has not connected yet
+                self.sup.lifecycle.send(Heartbeat(), to=c.name.encode(), flags=zmq.NOBLOCK)
 
     def start_due(self, now: float) -> None:
         for c in self.values():

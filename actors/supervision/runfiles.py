@@ -14,8 +14,12 @@ import os
 import secrets
 from typing import Any
 
+import msgspec
+
+import config as config_mod
 from actors import rundir
 from bus.fileio import atomic_write
+from bus.sockets import ensure_run_dir
 
 LOCK_NAME = "supervisor.lock"
 ENDPOINTS_NAME = "endpoints.json"
@@ -121,6 +125,32 @@ class RunRecord:
         self.write(ended=end, exit_code=exit_code, reason=reason)
         rundir.append_history(self.run_dir, {"run_id": self.run_id, "end": end, "exit_code": exit_code,
                                              "reason": reason})
+
+
+def claim_run_dir(run_dir: str, mode: str, run_id: str) -> tuple[str, int]:
+    """The directory this run writes in, created private and locked: (its path, the lock's fd).
+
+    A backtest gets a directory of its own under the backtest run directory (and
+    ``latest`` points to it): results are never overwritten and never mixed with
+    another run's. Raises AlreadyRunning, or OSError naming the path."""
+    if mode == "backtest":
+        os.makedirs(run_dir, mode=0o700, exist_ok=True)
+        base, run_dir = run_dir, os.path.join(run_dir, run_id)
+    ensure_run_dir(run_dir)
+    lock_fd = acquire_lock(run_dir)
+    if mode == "backtest":
+        rundir.point_latest(base, run_id)
+    return run_dir, lock_fd
+
+
+def write_effective_config(run_dir: str, cfg: config_mod.Config, endpoints: Any) -> str:
+    """config.json, what every actor loads: the config after --set, with every endpoint's
+    address in it (an actor knows only its own declared endpoints, and a tcp port
+    must not depend on which ones a process knows)."""
+    path = os.path.join(run_dir, "config.json")
+    eff = msgspec.structs.replace(cfg, bus=msgspec.structs.replace(cfg.bus, endpoints=endpoints.as_dict()))
+    atomic_write(path, config_mod.to_json_bytes(eff))
+    return path
 
 
 def publish_endpoints(run_dir: str, published: dict[str, Any]) -> None:
