@@ -44,13 +44,6 @@ def register_channel(name: str, union: Any, max_bytes: int, owner: str = "") -> 
     _DECLARED[name] = (union, max_bytes)
 
 
-def channel_union(channel: str) -> Any:
-    """The message union a channel carries (the engine's or a declared one); KeyError if unknown."""
-    if channel in CHANNEL_UNIONS:
-        return CHANNEL_UNIONS[channel]
-    return _DECLARED[channel][0]
-
-
 class ProtocolError(Exception):
     """A payload that does not decode as a message of its channel."""
 

@@ -22,7 +22,7 @@ import config
 from actors.base import Actor, main
 from actors.echo import Echo, Ping, Pong
 from bus.codec import Stamper
-from bus.sockets import Endpoints, open_port
+from bus.sockets import EndpointError, Endpoints, open_port
 from tests.harness import PY, ROOT
 from tests.sup_util import start_supervisor, status
 
@@ -165,6 +165,14 @@ def test_declaration_mistakes_fail_when_the_class_is_defined():
         type("Bad", (Actor,), {"commands": {"go": ""}})
     with pytest.raises(ValueError, match="declares channel 'orders', which is the engine's"):
         type("Bad", (Actor,), {"channels": {"orders": (Ping, 1024)}})
+
+
+def test_a_channel_or_endpoint_clash_is_refused(run_dir):
+    with pytest.raises(ValueError, match="declares channel 'echo' differently from an earlier declaration"):
+        type("Bad", (Actor,), {"channels": {"echo": (Ping, 1024)}})
+    with pytest.raises(EndpointError, match="endpoint 'md.ref' declared by md is the engine's"):
+        Endpoints(run_dir, declared=type("Md", (Actor,), {"binds": {"ref": Echo.binds["ping"]}})
+                  .declared_endpoints("md"))
 
 
 def test_the_engine_actors_declare_the_commands_the_fanouts_send():
