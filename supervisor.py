@@ -120,7 +120,7 @@ class Supervisor:
 
     def holders(self, role: Role) -> tuple[str, ...]:
         """The actors declaring ``role``: ours in start order, then those of other groups."""
-        return tuple(n for n in (*self.order, *self.remote) if role in self.decls[n].roles)
+        return tuple(n for n in (*self.order, *self.remote) if n in self.decls and role in self.decls[n].roles)
 
     # ------------------------------------------------------------- signals
     def install_signals(self) -> None:
@@ -390,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"supervisor: {e}", file=sys.stderr)
         return EXIT_FAIL
     except OSError as e:
-        print(f"supervisor: cannot use run directory {e.filename or run_dir}: {e.strerror}", file=sys.stderr)
+        print(f"supervisor: cannot use run directory {run_dir}: {e.strerror}" + (f" ({e.filename})" if e.filename else ""),
+              file=sys.stderr)
         return EXIT_FAIL
     try:
         cfg, remote = place(cfg, run_dir, registry.declared_endpoints(decls))

@@ -42,10 +42,6 @@ from bus.sockets import EndpointError, Endpoints, open_port  # noqa: E402
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
-def _lock_holder(run_dir: str):
-    return lock_holder(run_dir)
-
-
 def commands_help() -> str:
     """The command table as --help shows it: usage, then the help text wrapped below it."""
     cols = min(shutil.get_terminal_size((100, 24)).columns, 100)
@@ -76,7 +72,7 @@ def request(run_dir: str, cmd: str, arg: str = "", timeout: float = 2.0, key: st
     one recorded in endpoints.json)."""
     if not os.path.isdir(run_dir):
         raise RuntimeError(f"no run directory {run_dir} (is the supervisor running?)")
-    if _lock_holder(run_dir) is None and not _remote_copy(run_dir):
+    if lock_holder(run_dir) is None and not _remote_copy(run_dir):
         raise RuntimeError(f"no supervisor running in {run_dir}")
     try:
         endpoints = Endpoints.from_run_dir(run_dir, client_key=key)
@@ -186,7 +182,7 @@ def _runs(run_dir: str, as_json: bool) -> int:
     runs = list_runs(run_dir)
     for r in runs:  # a run with no end: running now (its supervisor holds the lock), or killed
         if r["end"] is None:
-            r["running"] = (_lock_holder(r["dir"]) is not None
+            r["running"] = (lock_holder(r["dir"]) is not None
                             and read_json(os.path.join(r["dir"], "run.json")).get("run_id") == r["run_id"])
     if as_json:
         print(json.dumps(runs))

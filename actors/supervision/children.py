@@ -23,7 +23,8 @@ from bus.messages import ActorEvent, Heartbeat, Init, Run, Stop
 from bus.sockets import topic_for
 
 EXIT_FAIL, EXIT_CONFIG = 1, 2
-STARTED = (S.LOADING, S.LOADED, S.STARTING, S.READY, S.RUNNING)  # up or on its way (restart_with stops these)
+BEFORE_READY = (S.LOADING, S.LOADED, S.STARTING)
+STARTED = (*BEFORE_READY, S.READY, S.RUNNING)  # up or on its way (restart_with stops these)
 
 
 class Children(dict[str, Child]):
@@ -176,7 +177,7 @@ class Children(dict[str, Child]):
         how, uptime = process.describe_exit(rc), round(now - c.started_at, 3)
         asked, c.restart_asked = c.restart_asked, ""
         c.status_info = {}  # it described a process that is gone; the next incarnation reports its own
-        ex = Exit(c.name, rc, now, c.ready_at, asked=bool(asked), before_ready=c.state in STARTED[:3],
+        ex = Exit(c.name, rc, now, c.ready_at, asked=bool(asked), before_ready=c.state in BEFORE_READY,
                   phase=sup.phase, backtest=sup.backtest)
         d, self.history = decide(ex, self.history, c.spec, self.limits)
         log = dict(actor=c.name, pid=c.pid, how=how, uptime_s=uptime)
