@@ -69,8 +69,9 @@ class Peers:
         for group in sorted(needed):
             bus = msgspec.structs.replace(cfg.bus, endpoints={**cfg.bus.endpoints,
                                                               "control": cfg.placement.control[group]})
-            self.ports[group] = open_port(ctx, Endpoints.from_config(run_dir, bus), "control", bind=False,
-                                          stamper=stamper)
+            # strict=False: only "control" is used here; the supervisor checked every name already.
+            self.ports[group] = open_port(ctx, Endpoints.from_config(run_dir, bus, strict=False), "control",
+                                          bind=False, stamper=stamper)
 
     def poll(self, now: float) -> None:
         """Ask every peer for its actors' states (at most every PEER_POLL_S); replies come in drain()."""
