@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import dataclasses
 import os
 import signal
 import socket
@@ -27,19 +28,20 @@ import sys
 import sysconfig
 import time
 import traceback
-from typing import Any, Callable
+from enum import StrEnum
+from typing import Any, Callable, ClassVar
 
 import zmq
 
 import config as config_mod
 from bus import log as logmod
-from bus.codec import ProtocolError, Stamper
+from bus.codec import ProtocolError, Stamper, register_channel
 from bus.faults import DiskError, disk_error
 from bus.liveness import RunGap
 from bus.messages import (
     Command, CommandReply, Fatal, Heartbeat, Init, InitFailed, Loaded, Ready, Run, Stop, Stopped,
 )
-from bus.sockets import Endpoints, Port, Received, open_port
+from bus.sockets import Endpoints, Port, Received, SocketSpec, open_port
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_ORPHAN = 0, 1, 2, 3
 EXIT_DISK = 4  # the run directory refused a write: the supervisor stops everything instead of restarting
@@ -120,20 +122,82 @@ class Timer:
         self.interval, self.fn, self.due = interval, fn, due
 
 
+class Role(StrEnum):
+    """What the supervisor and the other actors address an actor by, instead of its name
+    (an actor may run under any name, and two actors may share a role)."""
+
+    ORDER_SENDER = "order-sender"  # sends orders: paused before the exchange; disabled, its orders are cancelled
+    EXCHANGE = "exchange"  # takes orders and owns the trading flags (paused, halted)
+    BACKTEST_FLOW = "backtest-flow"  # backtest: reports its progress on md.ref; the feed waits for the slowest
+
+
+class NoParams(config_mod.Params):
+    """An actor without settings: any key in its params table is an error."""
+
+
 class Actor:
-    """Subclass and override the hooks: init, on_run, on_command, status, work, on_stop."""
+    """Subclass and override the hooks: init, on_run, on_command, status, work, on_stop.
+
+    A subclass declares what the rest of the system needs to know about it as
+    class attributes (docs/ARCHITECTURE.md, "Anatomy of an actor"); the
+    supervisor reads them from the class (actors/registry.py), so a new actor
+    needs no edit anywhere else. Keep the module's top-level imports light:
+    the supervisor imports it to read them (heavy libraries go in init()).
+    """
 
     name: str = "actor"
+    # [actors.NAME.params] is converted to this (an unknown or mistyped key is a config
+    # error naming the file and the key, exit 2) and given to the actor as ``self.params``.
+    Params: ClassVar[type] = NoParams
+    # The endpoints it binds. On the bus each is named after the actor, "<actor>.<name>"
+    # (a client opens "echo.ping"); the actor itself opens it by its short name.
+    binds: ClassVar[dict[str, SocketSpec]] = {}
+    # Channels of its own: name -> (message union, largest payload in bytes); the
+    # messages derive from bus.messages.Message. Registered when the class is defined.
+    channels: ClassVar[dict[str, tuple[Any, int]]] = {}
+    # Commands it answers (on_command), name -> help: `ctl send ACTOR COMMAND` reaches
+    # them; anything else is refused before on_command sees it.
+    commands: ClassVar[dict[str, str]] = {}
+    roles: ClassVar[frozenset[Role]] = frozenset()
+    # (heartbeat status key of the items done, READY info key of their total): a
+    # backtest draws its progress bar from the actor that declares it.
+    progress_bar: ClassVar[tuple[str, str] | None] = None
 
-    def __init__(self, cfg: config_mod.Config, run_dir: str, name: str | None = None, run_id: str = ""):
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        # Mistakes in a declaration are the actor author's: said when the class is defined.
+        where = f"{cls.__module__}.{cls.__qualname__}"
+        if not (isinstance(cls.Params, type) and issubclass(cls.Params, config_mod.Params)):
+            raise TypeError(f"{where}.Params must derive from config.Params (keyword-only, unknown keys refused)")
+        bad = [r for r in cls.roles if not isinstance(r, Role)]
+        if bad:
+            raise TypeError(f"{where}.roles: {bad} are not actors.base.Role members")
+        if not all(isinstance(k, str) and isinstance(v, str) and v for k, v in cls.commands.items()):
+            raise TypeError(f"{where}.commands maps each command name to its help text")
+        if not all(isinstance(s, SocketSpec) for s in cls.binds.values()):
+            raise TypeError(f"{where}.binds maps endpoint names to bus.sockets.SocketSpec")
+        for channel, (union, max_bytes) in cls.channels.items():
+            register_channel(channel, union, max_bytes, owner=f"{cls.__module__}.{cls.__qualname__}")
+
+    @classmethod
+    def declared_endpoints(cls, name: str) -> dict[str, SocketSpec]:
+        """Its endpoints as the actor called ``name`` binds them: named ``<name>.<endpoint>``
+        (two actors of one class never clash), bound by ``name``."""
+        return {f"{name}.{n}": dataclasses.replace(spec, binder=name) for n, spec in cls.binds.items()}
+
+    def __init__(self, cfg: config_mod.Config, run_dir: str, name: str | None = None, run_id: str = "",
+                 where: str = "config"):
         self.cfg = cfg
         self.run_dir = os.path.abspath(run_dir)
         if name:
             self.name = name
+        # Checked by the supervisor before anything started; again here for an actor run alone.
+        self.params = config_mod.actor_params(cfg, self.name, type(self).Params, where)
         self.run_id = run_id or os.environ.get(ENV_RUN_ID, "") or f"standalone-{os.getpid()}"
         self.log = logmod.setup(self.run_dir, self.name, self.run_id, cfg.service.log_level)
         self.ctx = zmq.Context()
-        self.endpoints = Endpoints.from_config(self.run_dir, cfg.bus)
+        self.endpoints = Endpoints.from_config(self.run_dir, cfg.bus, declared=self.declared_endpoints(self.name),
+                                               strict=False)
         self.stamper = Stamper(self.name, self.run_id)
         self.hb_s = cfg.supervisor.heartbeat_ms / 1000.0
         self.hb_timeout_s = self.hb_s * cfg.supervisor.heartbeat_misses
@@ -184,7 +248,10 @@ class Actor:
     # ---------------------------------------------------------------- helpers
     def open(self, name: str, *, bind: bool, handler: Callable[[Port, Received], None] | None = None,
              **kw: Any) -> Port:
-        """Open a port through bus.sockets; with a handler it joins the poll loop."""
+        """Open a port through bus.sockets (one of its own endpoints by its short name); with
+        a handler it joins the poll loop."""
+        if name in type(self).binds:
+            name = f"{self.name}.{name}"
         port = open_port(self.ctx, self.endpoints, name, bind=bind, stamper=self.stamper, **kw)
         self._ports.append(port)
         if handler is not None:
@@ -262,6 +329,9 @@ class Actor:
                 self.on_run()
         elif isinstance(msg, Command):
             try:
+                if msg.cmd not in self.commands:
+                    raise CommandError(f"{self.name}: unknown command {msg.cmd!r} (its commands: "
+                                       f"{', '.join(self.commands) or 'none'})")
                 data = self.on_command(msg.cmd, dict(msg.args))
                 reply = CommandReply(id=msg.id, ok=True, data=data or {})
             except CommandError as e:
@@ -435,7 +505,11 @@ def main(cls: type[Actor], argv: list[str] | None = None) -> None:
         print(f"{args.name}: config error: {e}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
     try:
-        actor = cls(cfg, args.run_dir, name=args.name, run_id=args.run_id)
+        actor = cls(cfg, args.run_dir, name=args.name, run_id=args.run_id,
+                    where=config_mod.source(args.config, args.sets))
+    except config_mod.ConfigError as e:
+        print(f"{args.name}: config error: {e}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
     except Exception as e:
         err = disk_error(e)
         print(f"{args.name}: cannot start: {err or f'{type(e).__name__}: {e}'}", file=sys.stderr)

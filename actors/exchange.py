@@ -72,7 +72,7 @@ import msgspec
 import zmq
 
 from actors.accounting import Account
-from actors.base import Actor, CommandError, main
+from actors.base import Actor, CommandError, Role, main
 from actors.ledger import Ledger
 from actors import report
 from bus.codec import ProtocolError
@@ -94,6 +94,16 @@ TOPIC_ACCT = topic_for("acct.update")
 
 class PaperExchange(Actor):
     name = "paper-exchange"
+    roles = frozenset({Role.EXCHANGE, Role.BACKTEST_FLOW})
+    commands = {
+        "pause": "stop taking new orders (kept in the ledger: a restart stays paused)",
+        "resume": "take orders again; refused while halted",
+        "halt": "kill switch: cancel every open order and reject new ones",
+        "unhalt": "lift the kill switch; trading stays paused until resume",
+        "flatten": "close every position (symbol=SYM: that one) with market orders",
+        "stop-and-close": "pause, then flatten",
+        "cancel-all": "cancel every open order but the flatten orders (reason=TEXT)",
+    }
 
     # ------------------------------------------------------------------ init
     def init(self) -> dict[str, Any]:

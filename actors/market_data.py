@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
 from actors import instruments as instruments_mod
-from actors.base import Actor, UserError, main
+from actors import registry
+from actors.base import Actor, Role, UserError, main
 from actors.report import iso
 from bus.codec import ProtocolError
 from bus.fileio import atomic_write
@@ -58,7 +59,6 @@ YEAR_S = 365.25 * 86400.0
 TOPIC_EOD = topic_for("md.eod")
 TOPIC_BATCH = topic_for("md.batch")
 BACKTEST_WINDOW_BATCHES = 4  # bars in flight <= 4 batches: far below the md PUB's 100k HWM
-FLOW_CONSUMERS = ("paper-exchange", "strategy")  # md.ref identities whose Progress gates a backtest
 
 
 class ReplayError(UserError, ValueError):
@@ -690,6 +690,7 @@ class Replay:
 # ---------------------------------------------------------------------- actor
 class MarketData(Actor):
     name = "market-data"
+    progress_bar = ("fseq", "total")  # heartbeat status, READY info
 
     def init(self) -> dict[str, Any]:
         md = self.cfg.market_data
@@ -739,7 +740,8 @@ class MarketData(Actor):
         self.backtest = self.cfg.service.mode == "backtest" and self.replay is not None and md.kind == "bars"
         self.batch_n = md.batch_bars
         self.window = BACKTEST_WINDOW_BATCHES * md.batch_bars
-        self.consumers = tuple(FLOW_CONSUMERS)
+        # md.ref identities whose Progress gates a backtest: the actors declaring the role.
+        self.consumers = registry.role_holders(self.cfg, Role.BACKTEST_FLOW) if self.backtest else ()
         self.waiting_credit = 0  # times the window was full (how often consumers held us back)
         info: dict[str, Any] = {"instruments": len(self.instruments), "option_mappings": self.option_mappings}
         if self.backtest:

@@ -30,7 +30,7 @@ import os
 import time
 from typing import Any
 
-from actors.base import Actor, CommandError, UserError, main
+from actors.base import Actor, CommandError, Role, UserError, main
 from actors.strategies.base import Context, Strategy
 from bus.messages import (
     AccountUpdate, Bar, BarBatch, CancelReply, EndOfData, Fill, Flatten, HistoryReply, HistoryRequest, InstrumentsReply,
@@ -75,6 +75,12 @@ def load_plugin(spec: str, params: dict[str, Any]) -> Strategy:
 
 class StrategyHost(Actor):
     name = "strategy"
+    roles = frozenset({Role.ORDER_SENDER, Role.BACKTEST_FLOW})
+    commands = {
+        "pause": "send no new orders (bars are still consumed: indicators stay warm)",
+        "resume": "send orders again",
+        "stop-and-close": "pause, and ask the exchange to flatten",
+    }
 
     def init(self) -> dict[str, Any]:
         sc = self.cfg.strategy

@@ -25,6 +25,25 @@ MAX_BYTES: dict[str, int] = {
 }
 
 
+# Channels an actor declares on its class (actors/base.py, ``channels``): its own
+# message union and size limit, registered when the class is defined, so adding
+# an actor with a protocol of its own needs no edit here or in bus/messages.py.
+_DECLARED: dict[str, tuple[Any, int]] = {}
+
+
+def register_channel(name: str, union: Any, max_bytes: int, owner: str = "") -> None:
+    """Make channel ``name`` known to this process's codecs. The engine's channels
+    cannot be redefined; declaring the same channel again with the same union is a no-op."""
+    if name in CHANNEL_UNIONS:
+        raise ValueError(f"{owner or 'an actor'} declares channel {name!r}, which is the engine's (bus/messages.py)")
+    old = _DECLARED.get(name)
+    if old is not None and old != (union, max_bytes):
+        raise ValueError(f"{owner or 'an actor'} declares channel {name!r} differently from an earlier declaration")
+    if not isinstance(max_bytes, int) or max_bytes <= 0:
+        raise ValueError(f"channel {name!r}: max_bytes must be a positive int, got {max_bytes!r}")
+    _DECLARED[name] = (union, max_bytes)
+
+
 class ProtocolError(Exception):
     """A payload that does not decode as a message of its channel."""
 
@@ -42,11 +61,14 @@ class Codec:
     __slots__ = ("channel", "max_bytes", "_enc", "_dec", "_env_type")
 
     def __init__(self, channel: str):
-        if channel not in CHANNEL_UNIONS:
+        if channel in CHANNEL_UNIONS:
+            union, self.max_bytes = CHANNEL_UNIONS[channel], MAX_BYTES[channel]
+        elif channel in _DECLARED:
+            union, self.max_bytes = _DECLARED[channel]
+        else:
             raise KeyError(f"unknown channel {channel!r}")
         self.channel = channel
-        self.max_bytes = MAX_BYTES[channel]
-        self._env_type = Envelope[CHANNEL_UNIONS[channel]]  # type: ignore[index]
+        self._env_type = Envelope[union]  # type: ignore[index]
         self._enc = msgspec.msgpack.Encoder()
         self._dec = msgspec.msgpack.Decoder(self._env_type)
 

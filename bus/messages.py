@@ -28,6 +28,8 @@ from typing import Annotated, Any, Generic, Literal, TypeVar, Union
 import msgspec
 from msgspec import Meta, Struct
 
+from .actor_states import EVENT_STATES
+
 # 2: receivers ignore unknown fields (1 rejected them); submit.order_type is required.
 SCHEMA_VERSION = 2
 
@@ -48,6 +50,11 @@ Nanos = Annotated[int, Meta(ge=0)]
 class _Base(Struct, tag_field="type", kw_only=True):
     """Common base: tagged by class name in kebab form; unknown fields are ignored
     (schema evolution: a newer peer may add a field with a default)."""
+
+
+# Public base of message types: an actor that declares a channel of its own
+# (actors/base.py, ``channels``) makes its messages from it.
+Message = _Base
 
 
 def _tag(name: str):
@@ -129,11 +136,14 @@ class Finished(_Base, **_tag("finished")):
     summary: dict[str, Any] = {}
 
 
+EventState = Literal[EVENT_STATES]  # type: ignore[valid-type]
+
+
 class ActorEvent(_Base, **_tag("actor-event")):
     """Published by the supervisor on ``events`` on every actor state change."""
 
     actor: ActorName
-    state: Literal["starting", "ready", "running", "stopping", "stopped", "exited", "restarting", "failed"]
+    state: EventState  # bus/actor_states.py: each supervisor state's event name
     pid: int = 0
     restarts: int = 0
     detail: Text = ""
@@ -147,11 +157,14 @@ LifecycleMsg = Union[Loaded, Init, Ready, InitFailed, Fatal, Run, Heartbeat, Sto
 # Channel "control": CLI (DEALER or REQ) -> supervisor ROUTER
 # =============================================================================
 class CtlRequest(_Base, **_tag("ctl")):
-    """``cmd`` is one of status, pause, resume, stop-and-close, restart, halt, unhalt, shutdown."""
+    """``cmd`` is one of the supervisor's commands in actors/supervision/control.py (``CONTROL``):
+    status, pause, resume, stop-and-close, halt, unhalt, restart, send, shutdown."""
 
     id: Annotated[str, Meta(max_length=64)] = ""  # echoed in the reply: match replies by it
-    cmd: ShortStr  # status, pause, resume, stop-and-close, halt, unhalt, restart, shutdown
-    arg: ShortStr = ""  # restart: the actor name
+    cmd: ShortStr  # status, pause, resume, stop-and-close, halt, unhalt, restart, send, shutdown
+    arg: ShortStr = ""  # restart, send: the actor name
+    command: ShortStr = ""  # send: the actor's command ("": list the commands it declares)
+    args: dict[str, Any] = {}  # send: the command's arguments
 
 
 class CtlReply(_Base, **_tag("ctl-reply")):

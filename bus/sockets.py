@@ -1,9 +1,12 @@
 """The one place sockets are made.
 
-Every endpoint of the system is declared in ``SPECS``: who binds it, with which
+Every endpoint of the engine is declared in ``SPECS``: who binds it, with which
 socket types, which channel it carries, its high-water marks and whether it
 faces clients (then MAXMSGSIZE is set so an oversized frame is dropped inside
-libzmq). ``Endpoints`` maps names to addresses: by default ``ipc://`` files in
+libzmq). Any other actor declares its own endpoints on its class
+(``Actor.binds``, actors/base.py); an ``Endpoints`` is given them
+(``declared``) and they are used like the engine's. ``Endpoints`` maps names to
+addresses: by default ``ipc://`` files in
 the run directory (0700), so two run directories never clash. tcp endpoints
 are always CurveZMQ (bus/security.py): binders are CURVE servers whose clients a
 ZAP handler checks against the allowed keys, connectors CURVE clients.
@@ -36,7 +39,7 @@ class SocketSpec:
     channel: str
     bind_type: int
     connect_type: int
-    binder: str  # process that binds it
+    binder: str = ""  # process that binds it (an actor's declared endpoint: that actor, filled in for it)
     sndhwm: int = 1000
     rcvhwm: int = 1000
     client_facing: bool = False  # set MAXMSGSIZE on the bound socket
@@ -96,7 +99,11 @@ class Endpoints:
     ``transport`` "ipc" (default) puts ``<name>.sock`` files in the run dir;
     "tcp" uses ``tcp_host`` (127.0.0.1 by default) and ``tcp_base_port + i``.
     ``overrides`` replaces single entries. ``curve``: the CurveZMQ keys every
-    tcp endpoint needs (None: a tcp endpoint cannot be opened).
+    tcp endpoint needs (None: a tcp endpoint cannot be opened). ``declared``:
+    endpoints actors declare on their classes, after the engine's. ``strict``:
+    an override naming no known endpoint is an error (a typo in the config);
+    an actor, which knows only its own declarations, keeps such an address
+    as it is (the supervisor, which knows them all, has checked it).
     """
 
     def __init__(
@@ -108,11 +115,19 @@ class Endpoints:
         overrides: dict[str, str] | None = None,
         check_ipc_len: bool = True,
         curve: CurveKeys | None = None,
+        declared: dict[str, SocketSpec] | None = None,
+        strict: bool = True,
     ):
         self.run_dir = os.path.abspath(os.fspath(run_dir))
         self.curve = curve
+        self.specs: dict[str, SocketSpec] = dict(SPECS)
+        for name, spec in (declared or {}).items():
+            if name in SPECS:
+                raise EndpointError(f"endpoint {name!r} declared by {spec.binder or 'an actor'} is the engine's "
+                                    f"(bound by {SPECS[name].binder}); choose another name")
+            self.specs[name] = spec
         self._map: dict[str, str] = {}
-        for i, name in enumerate(SPECS):
+        for i, name in enumerate(self.specs):
             if transport == "ipc":
                 path = os.path.join(self.run_dir, f"{name}.sock")
                 if check_ipc_len and len(path) > IPC_PATH_MAX:
@@ -125,8 +140,8 @@ class Endpoints:
             else:
                 raise EndpointError(f"unknown transport {transport!r} (ipc or tcp)")
         for name, addr in (overrides or {}).items():
-            if name not in SPECS:
-                raise EndpointError(f"unknown endpoint name {name!r} (known: {', '.join(SPECS)})")
+            if name not in self.specs and strict:
+                raise EndpointError(f"unknown endpoint name {name!r} (known: {', '.join(self.specs)})")
             if not addr.startswith(("ipc://", "tcp://", "inproc://")):
                 raise EndpointError(f"endpoint {name}: {addr!r} is not ipc://, tcp:// or inproc://")
             self._map[name] = addr
@@ -147,12 +162,21 @@ class Endpoints:
             d["curve"] = self.curve.published()
         return d
 
+    def spec(self, name: str) -> SocketSpec:
+        try:
+            return self.specs[name]
+        except KeyError:
+            raise EndpointError(f"endpoint {name!r} is not declared here (known: {', '.join(self.specs)}); a client "
+                                f"of an actor's own endpoint passes that actor's declaration (declared=)") from None
+
     @classmethod
-    def from_run_dir(cls, run_dir: str | os.PathLike, client_key: str | None = None) -> "Endpoints":
+    def from_run_dir(cls, run_dir: str | os.PathLike, client_key: str | None = None,
+                     declared: dict[str, SocketSpec] | None = None) -> "Endpoints":
         """What a client uses: the map the running supervisor published.
 
         Over tcp the CURVE keys come from its "curve" entry; ``client_key`` (a
         client secret certificate) replaces the installation's client key.
+        ``declared``: the endpoints of an actor's own that this client uses.
         Raises FileNotFoundError/ValueError if there is no readable endpoints.json,
         SecurityError (a ValueError) if a key file cannot be used.
         """
@@ -162,13 +186,16 @@ class Endpoints:
             published = json.load(f)
         if not isinstance(published, dict):
             raise ValueError("endpoints.json is not a JSON object")
-        eps = cls(run_dir, overrides={k: v for k, v in published.items() if k in SPECS}, check_ipc_len=False)
+        known = {**SPECS, **(declared or {})}
+        eps = cls(run_dir, overrides={k: v for k, v in published.items() if k in known}, check_ipc_len=False,
+                  declared=declared)
         if eps.uses_tcp() and "curve" in published:
             eps.curve = CurveKeys.from_published(published["curve"], client_key)
         return eps
 
     @classmethod
-    def from_config(cls, run_dir: str | os.PathLike, bus_cfg: Any) -> "Endpoints":
+    def from_config(cls, run_dir: str | os.PathLike, bus_cfg: Any, declared: dict[str, SocketSpec] | None = None,
+                    strict: bool = True) -> "Endpoints":
         """The map from the [bus] config; with tcp endpoints its CURVE keys are
         loaded and checked here (EndpointError naming the file if one cannot be used)."""
         eps = cls(
@@ -177,6 +204,8 @@ class Endpoints:
             tcp_host=bus_cfg.tcp_host,
             tcp_base_port=bus_cfg.tcp_base_port,
             overrides=dict(bus_cfg.endpoints),
+            declared=declared,
+            strict=strict,
         )
         if eps.uses_tcp() and bus_cfg.curve_server_key:
             try:
@@ -325,7 +354,7 @@ def open_port(
     messages sent on this one socket (docs/PROTOCOL.md, "seq"), never those the
     process sends on its other sockets of the same channel.
     """
-    spec = SPECS[name]
+    spec = endpoints.spec(name)
     st = sock_type if sock_type is not None else (spec.bind_type if bind else spec.connect_type)
     s = ctx.socket(st)
     s.setsockopt(zmq.LINGER, LINGER_MS)

@@ -39,6 +39,10 @@ class _S(Struct, kw_only=True, forbid_unknown_fields=True):
     pass
 
 
+class Params(_S):
+    """Base of an actor's ``Params``: keyword-only, and an unknown key is an error."""
+
+
 class ServiceCfg(_S):
     run_dir: str = "run"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -86,6 +90,9 @@ class ActorCfg(_S):
     # cancelled at the exchange; flatten_on_disable closes its positions too.
     on_give_up: Literal["shutdown", "disable"] = "shutdown"
     flatten_on_disable: bool = False
+    # The actor's own settings, checked against the Params struct its class
+    # declares (actors/base.py; docs/ARCHITECTURE.md "Anatomy of an actor").
+    params: dict[str, Any] = {}
 
 
 class MarketDataCfg(_S):
@@ -280,6 +287,29 @@ def load_raw(path: str | os.PathLike | None, _seen: tuple[str, ...] = (),
     return doc, str(p)
 
 
+def source(path: str | os.PathLike | None, sets: list[str] | None = None) -> str:
+    """How errors name the config: its file, and whether --set changed it."""
+    return str(Path(path) if path is not None else DEFAULT_PATH) + (" (with --set overrides)" if sets else "")
+
+
+def actor_params(cfg: Config, name: str, params_type: type, where: str) -> Any:
+    """``[actors.NAME.params]`` checked against the actor's ``Params`` struct. Raises
+    ConfigError naming the file and the key (``actors.NAME.params.KEY``)."""
+    table = cfg.actors[name].params if name in cfg.actors else {}
+    try:
+        return msgspec.convert(table, params_type)
+    except msgspec.ValidationError as e:
+        err = _humanize(e)
+        prefix = f"actors.{name}.params"
+        if err.startswith("unknown key "):
+            err = f"unknown key {prefix}.{err[len('unknown key '):]}"
+        elif err.startswith("key "):
+            err = f"key {prefix}.{err[len('key '):]}"
+        else:
+            err = f"key {prefix}: {err}"
+        raise ConfigError(f"{where}: {err}") from None
+
+
 def load(path: str | os.PathLike | None = None, sets: list[str] | None = None) -> Config:
     """Load, apply overrides, validate. Raises ConfigError."""
     doc, where = load_raw(path)
@@ -292,7 +322,7 @@ def load(path: str | os.PathLike | None = None, sets: list[str] | None = None) -
         if keys[0] == "bus" and keys[-1] in CURVE_KEYS and isinstance(value, str) and value:
             value = os.path.abspath(value)
         _apply(doc, keys, value, item)
-    src = where + (" (with --set overrides)" if sets else "")
+    src = source(where, sets)
     actors = doc.get("actors")
     if isinstance(actors, dict):
         # Checked one by one: msgspec names a dict key only as "[...]".

@@ -1,18 +1,15 @@
 """paperbus control CLI.
 
-    python scripts/ctl.py [--run-dir DIR] [--json] [--wide] [--timeout S] [--key FILE] COMMAND [ARG]
-    python scripts/ctl.py keygen [DIR] [--force]
-    python scripts/ctl.py runs [--run-dir DIR] [--json]
+    python scripts/ctl.py [--run-dir DIR] [--json] [--wide] [--timeout S] [--key FILE] COMMAND [ARG ...]
 
-Commands: status, pause, resume, stop-and-close, halt, unhalt, restart ACTOR, shutdown.
+The commands, their arguments and their help come from the supervisor's
+command table (actors/supervision/control.py); `ctl.py --help` lists them.
 resume never lifts a halt (it is refused while halted): unhalt does, and
 trading then stays paused until resume. restart of a disabled (failed) actor
-re-enables it. status wraps each actor's info below its row to the terminal
-width; --wide keeps it on the row, whole.
-runs lists every run of a run directory, live and backtest, from its files
-(no supervisor needed): run_id, previous run, mode, start, end, exit code,
-fills, final equity. keygen makes the CurveZMQ keys tcp endpoints need (default DIR ./keys; see
-docs/SECURITY.md). --key: a client secret certificate to use over tcp instead
+re-enables it. send reaches any command an actor's class declares
+(`send ACTOR` lists them). status wraps each actor's info below its row to the
+terminal width; --wide keeps it on the row, whole. runs and keygen need no
+supervisor. --key: a client secret certificate to use over tcp instead
 of the one the supervisor's config names.
 Exit codes: 0 ok, 1 failure (error reply, timeout, no supervisor), 2 usage.
 Every request is answered within --timeout (default 2 s) or reported as a timeout.
@@ -35,18 +32,24 @@ if ROOT not in sys.path:
 
 import zmq  # noqa: E402
 
+from actors.supervision.control import CONTROL, check_args, parse_kv  # noqa: E402
+from actors.supervision.runfiles import lock_holder  # noqa: E402
 from bus.codec import ProtocolError, Stamper  # noqa: E402
 from bus.messages import CtlReply, CtlRequest  # noqa: E402
 from bus.security import SecurityError, keygen  # noqa: E402
 from bus.sockets import EndpointError, Endpoints, open_port  # noqa: E402
 
-COMMANDS = ["status", "pause", "resume", "stop-and-close", "halt", "unhalt", "restart", "shutdown", "runs", "keygen"]
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
-def _lock_holder(run_dir: str):
-    from supervisor import lock_holder  # the supervisor owns the lock protocol
-    return lock_holder(run_dir)
+def commands_help() -> str:
+    """The command table as --help shows it: usage, then the help text wrapped below it."""
+    cols = min(shutil.get_terminal_size((100, 24)).columns, 100)
+    lines = ["commands:"]
+    for c in CONTROL.values():
+        lines.append(f"  {c.name} {c.usage}".rstrip())
+        lines += textwrap.wrap(c.help, cols, initial_indent="      ", subsequent_indent="      ")
+    return "\n".join(lines)
 
 
 def _remote_copy(run_dir: str) -> bool:
@@ -61,14 +64,15 @@ def _remote_copy(run_dir: str) -> bool:
         return False
 
 
-def request(run_dir: str, cmd: str, arg: str = "", timeout: float = 2.0, key: str | None = None) -> CtlReply:
+def request(run_dir: str, cmd: str, arg: str = "", timeout: float = 2.0, key: str | None = None,
+            command: str = "", args: dict | None = None) -> CtlReply:
     """Send one control request; raises RuntimeError with a clear message on failure.
 
     ``key``: client secret certificate for a tcp control endpoint (default: the
     one recorded in endpoints.json)."""
     if not os.path.isdir(run_dir):
         raise RuntimeError(f"no run directory {run_dir} (is the supervisor running?)")
-    if _lock_holder(run_dir) is None and not _remote_copy(run_dir):
+    if lock_holder(run_dir) is None and not _remote_copy(run_dir):
         raise RuntimeError(f"no supervisor running in {run_dir}")
     try:
         endpoints = Endpoints.from_run_dir(run_dir, client_key=key)
@@ -84,7 +88,7 @@ def request(run_dir: str, cmd: str, arg: str = "", timeout: float = 2.0, key: st
         raise RuntimeError(str(e)) from None
     try:
         rid = uuid.uuid4().hex[:12]
-        port.send(CtlRequest(id=rid, cmd=cmd, arg=arg))
+        port.send(CtlRequest(id=rid, cmd=cmd, arg=arg, command=command, args=args or {}))
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -178,7 +182,7 @@ def _runs(run_dir: str, as_json: bool) -> int:
     runs = list_runs(run_dir)
     for r in runs:  # a run with no end: running now (its supervisor holds the lock), or killed
         if r["end"] is None:
-            r["running"] = (_lock_holder(r["dir"]) is not None
+            r["running"] = (lock_holder(r["dir"]) is not None
                             and read_json(os.path.join(r["dir"], "run.json")).get("run_id") == r["run_id"])
     if as_json:
         print(json.dumps(runs))
@@ -228,7 +232,8 @@ def _keygen(directory: str, force: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="ctl.py", description="paperbus control CLI")
+    ap = argparse.ArgumentParser(prog="ctl.py", description="paperbus control CLI", epilog=commands_help(),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run-dir", default="run", help="run directory of the supervisor (default ./run)")
     ap.add_argument("--json", action="store_true", help="print the reply as JSON")
     ap.add_argument("--wide", action="store_true", help="status: each actor on one line, info not wrapped")
@@ -236,18 +241,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--key", default=None, metavar="FILE",
                     help="tcp: client secret certificate (.key_secret) to connect with")
     ap.add_argument("--force", action="store_true", help="keygen: replace existing keys")
-    ap.add_argument("command", choices=COMMANDS)
-    ap.add_argument("arg", nargs="?", default="", help="actor name for restart; directory for keygen")
+    ap.add_argument("command", choices=list(CONTROL), help="one of the commands below")
+    ap.add_argument("args", nargs="*", metavar="ARG", help="its arguments, as listed below")
     try:
         args = ap.parse_args(argv)
     except SystemExit as e:
         return EXIT_USAGE if e.code else EXIT_OK
+    wrong = check_args(CONTROL[args.command], args.args)
+    if wrong:
+        print(f"ctl: {wrong}" + ("; the run directory is --run-dir DIR" if args.command == "runs" else ""),
+              file=sys.stderr)
+        return EXIT_USAGE
     if args.command == "keygen":
-        return _keygen(args.arg or "keys", args.force)
+        return _keygen(args.args[0] if args.args else "keys", args.force)
     if args.command == "runs":
-        if args.arg:
-            print("ctl: runs takes no argument (use --run-dir)", file=sys.stderr)
-            return EXIT_USAGE
         return _runs(os.path.abspath(args.run_dir), args.json)
     if args.force:
         print("ctl: --force is only for keygen", file=sys.stderr)
@@ -255,14 +262,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.wide and args.command != "status":
         print("ctl: --wide is only for status", file=sys.stderr)
         return EXIT_USAGE
-    if args.command == "restart" and not args.arg:
-        print("ctl: restart needs an actor name", file=sys.stderr)
-        return EXIT_USAGE
-    if args.command != "restart" and args.arg:
-        print(f"ctl: {args.command} takes no argument", file=sys.stderr)
-        return EXIT_USAGE
+    arg, command, kv = (args.args + ["", ""])[0], (args.args + ["", ""])[1], {}
+    if args.command == "send":
+        try:
+            kv = parse_kv(args.args[2:])
+        except ValueError as e:
+            print(f"ctl: send: {e}", file=sys.stderr)
+            return EXIT_USAGE
     try:
-        rep = request(os.path.abspath(args.run_dir), args.command, args.arg, args.timeout, key=args.key)
+        rep = request(os.path.abspath(args.run_dir), args.command, arg, args.timeout, key=args.key,
+                      command=command if args.command == "send" else "", args=kv)
     except RuntimeError as e:
         print(f"ctl: {e}", file=sys.stderr)
         return EXIT_FAIL

@@ -257,12 +257,10 @@ def test_every_supervisor_state_is_a_valid_actor_event():
     """Subscribers reject unknown states, so every internal state must map to one."""
     import typing
 
+    from bus.actor_states import ActorState
     from bus.messages import ActorEvent
-    from supervisor import Supervisor
     allowed = set(typing.get_args(typing.get_type_hints(ActorEvent)["state"]))
-    assert allowed
-    internal = {"pending", "starting", "ready", "running", "stopping", "backoff", "exited", "failed"}
-    assert {Supervisor.EVENT_STATE.get(s, s) for s in internal} <= allowed
+    assert allowed and {s.event for s in ActorState} == allowed
 
 
 @pytest.mark.parametrize("first", ["supervisor", "actors"])
@@ -329,8 +327,12 @@ def test_disabled_actor_stays_down_and_the_others_keep_their_budget(procs, run_d
                          wait_running=False)
     wait_for(lambda: field(run_dir, "actors", "c", "state") == "failed", 30, "c disabled")
     st = status(run_dir)
+    import inspect
+
+    from tests.fixtures.dummy_actor import Dummy
+    line = inspect.getsourcelines(Dummy._boom)[1] + 1
     assert st["actors"]["c"]["detail"] == (
-        "exit code 1: ValueError: dummy exploded on purpose (at tests/fixtures/dummy_actor.py:33 in _boom); "
+        f"exit code 1: ValueError: dummy exploded on purpose (at tests/fixtures/dummy_actor.py:{line} in _boom); "
             "disabled: restart intensity exceeded (4 restarts "
         "within 30s, max_restarts=3); `ctl restart c` re-enables it")
     assert [st["actors"][n]["state"] for n in ("a", "b")] == ["running", "running"]
@@ -341,5 +343,41 @@ def test_disabled_actor_stays_down_and_the_others_keep_their_budget(procs, run_d
                  and field(run_dir, "actors", "b", "pid") not in (old, None), 10, f"b back ({i + 1})")
     st = status(run_dir)
     assert st["phase"] == "running" and st["actors"]["c"]["state"] == "failed"  # restart_with skips it
+    p.send_signal(signal.SIGINT)
+    assert p.wait(10) == 0
+
+
+def test_ctl_usage_help_and_checks_are_the_command_table():
+    """One table (actors/supervision/control.py) for the supervisor and ctl: every
+    command's help is in `ctl --help`, its argument count is what ctl enforces,
+    and each is answered by the supervisor or by ctl itself, never neither."""
+    import textwrap
+
+    from actors.supervision.control import CONTROL
+    r = subprocess.run([PY, "scripts/ctl.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=10,
+                       env={**os.environ, "COLUMNS": "400"})
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    for c in CONTROL.values():
+        assert " ".join(textwrap.wrap(c.help, 10_000)) in text, c.name
+        assert f"{c.name} {c.usage}".strip() in text, c.name
+        assert (c.handler is None) != (c.name not in ("runs", "keygen")), c.name
+        assert bool(c.fanout) <= (c.handler is not None), c.name
+    for cmd, args, err in (("restart", [], "ctl: restart needs ACTOR"),
+                           ("send", [], "ctl: send needs ACTOR [COMMAND [KEY=VALUE ...]]"),
+                           ("pause", ["x"], "ctl: unrecognized arguments: x (pause takes no argument)"),
+                           ("send", ["a", "echo", "oops"], "ctl: send: argument 'oops': expected KEY=VALUE")):
+        r = subprocess.run([PY, "scripts/ctl.py", cmd, *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        assert (r.returncode, r.stderr) == (2, err + "\n"), (cmd, args)
+
+
+def test_ctl_send_reaches_a_declared_command(procs, run_dir):
+    p = start_supervisor(procs, run_dir)
+    r = subprocess.run([PY, "scripts/ctl.py", "--run-dir", run_dir, "send", "b", "echo", "k=v", "n=3"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode == 0 and r.stdout == "send: ok\n  b: echo={'k': 'v', 'n': 3}\n", r
+    r = subprocess.run([PY, "scripts/ctl.py", "--run-dir", run_dir, "--json", "pause"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode == 1 and "no actor here takes pause: none declares the role exchange or order-sender" in r.stdout
     p.send_signal(signal.SIGINT)
     assert p.wait(10) == 0
