@@ -271,7 +271,7 @@ def backtest_throughput(n: int, tmp: str) -> dict:
     sets = [f"market_data.path={data}", f"market_data.instruments={inst}", "market_data.symbol=BENCH",
             "market_data.timestamp_column=ts", "market_data.chunk_rows=100000"]
     p, t0 = _start("config/backtest.toml", run_dir, sets)
-    base, run_dir = run_dir, os.path.join(run_dir, "latest")  # each backtest has its own directory
+    run_dir = os.path.join(run_dir, "latest")  # each backtest has its own directory
     rss: dict[str, int] = {}
     while p.poll() is None:  # sample peak RSS while it runs
         st = _status(run_dir) if os.path.exists(os.path.join(run_dir, "endpoints.json")) else None
