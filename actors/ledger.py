@@ -201,6 +201,18 @@ class Ledger:
     def fills(self) -> list[sqlite3.Row]:
         return self.db.execute(f"SELECT {', '.join(FILL_COLS)} FROM fills ORDER BY fill_id").fetchall()
 
+    def iter_fills(self) -> Iterator[sqlite3.Row]:
+        """Every fill, in order, read as it is consumed: a long run's fills never sit in memory at once."""
+        return iter(self.db.execute(f"SELECT {', '.join(FILL_COLS)} FROM fills ORDER BY fill_id"))
+
+    def open_orders(self) -> list[sqlite3.Row]:
+        return self.db.execute(f"SELECT {', '.join(ORDER_COLS)} FROM orders WHERE status IN ('new', "
+                               "'partially-filled') ORDER BY order_id").fetchall()
+
+    def order_by_cl(self, cl_id: str) -> sqlite3.Row | None:
+        """The order with this client order id (the UNIQUE index finds it), or None."""
+        return self.db.execute(f"SELECT {', '.join(ORDER_COLS)} FROM orders WHERE cl_id = ?", (cl_id,)).fetchone()
+
     def positions(self) -> dict[str, sqlite3.Row]:
         return {r["symbol"]: r for r in self.db.execute("SELECT * FROM positions")}
 

@@ -401,7 +401,7 @@ class Fill(_Base, **_tag("fill")):
 
 
 # order-update.reason -> when the exchange sends it (rendered into docs/PROTOCOL.md;
-# tests/test_protocol_doc.py checks that actors/exchange.py uses no other).
+# tests/test_protocol_doc.py checks that actors/exchange_core.py uses no other).
 ORDER_UPDATE_REASONS: dict[str, str] = {
     "accepted": "a submit was accepted (status new)",
     "filled": "the order filled (status filled); its fill precedes it on exec",

@@ -26,7 +26,7 @@ from typing import Any
 from actors.accounting import Account
 from bus.messages import Fill
 
-OPEN = ("new", "partially-filled")  # actors/exchange.py OPEN
+OPEN = ("new", "partially-filled")  # actors/exchange_core.py OPEN
 FILL_FIELDS = ("order_id", "cl_id", "symbol", "side", "qty", "price", "fee")
 
 
