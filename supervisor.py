@@ -47,6 +47,7 @@ import zmq
 import config as config_mod
 from actors import rundir
 from actors.base import EXIT_DISK
+from actors.progress_bar import ProgressBar
 from bus import log as logmod
 from bus.codec import ProtocolError, Stamper
 from bus.faults import disk_error
@@ -169,51 +170,12 @@ def lock_holder(run_dir: str) -> dict | None:
         os.close(fd)
 
 
-class Progress:
-    """Backtest progress bar on the terminal: bars done, bars/s, time left.
-
-    Fed from market-data's heartbeat status (``fseq``, ``total``), so it costs
-    the data path nothing.
-    """
-
-    def __init__(self, out: Any):
-        self.out = out
-        self.t0 = 0.0
-        self.last_draw = 0.0
-        self.drawn = False
-
-    def update(self, now: float, md: "Child | None", final: bool = False) -> None:
-        """Redraw (at most every 0.2 s); ``final``: the run is complete, draw it whole."""
-        if md is None or (now - self.last_draw < 0.2 and not final):
-            return
-        st = md.status_info
-        done = int(st.get("fseq", 0) or 0)
-        total = int(md.info.get("total", 0) or 0)  # READY info of a replay
-        if final and total:
-            done = total  # the heartbeat that reports the last bars may not have come yet
-        if not done:
-            return
-        if not self.t0:
-            self.t0 = now
-        self.last_draw = now
-        rate = done / max(now - self.t0, 1e-6)
-        if total:
-            frac = min(done / total, 1.0)
-            bar = "#" * int(frac * 30)
-            eta = (total - done) / rate if rate > 0 else 0.0
-            line = f"[{bar:<30}] {done:,}/{total:,} bars  {rate:,.0f} bars/s  {eta:,.1f}s left"
-        else:
-            line = f"{done:,} bars  {rate:,.0f} bars/s"
-        self.out.write("\r" + line + "\x1b[K")
-        self.out.flush()
-        self.drawn = True
-
-    def close(self) -> None:
-        """End the bar's line, once: whatever is printed next starts on a line of its own."""
-        if self.drawn:
-            self.out.write("\n")
-            self.out.flush()
-            self.drawn = False
+def md_progress(md: "Child | None") -> tuple[int, int]:
+    """(bars done, bars in the file) for the progress bar, from market-data's heartbeat
+    status and its READY info (a replay's total)."""
+    if md is None:
+        return 0, 0
+    return int(md.status_info.get("fseq", 0) or 0), int(md.info.get("total", 0) or 0)
 
 
 @dataclass
@@ -305,7 +267,7 @@ class Supervisor:
         self._next_events = 0.0
         self.backtest = cfg.service.mode == "backtest"
         self.finished_text = ""
-        self.progress = Progress(sys.stderr) if self.backtest and sys.stderr.isatty() else None
+        self.progress = ProgressBar(sys.stderr) if self.backtest and sys.stderr.isatty() else None
         self.ctx = zmq.Context()
         self.stamper = Stamper("supervisor", self.run_id)
         self.endpoints = Endpoints.from_config(run_dir, cfg.bus)
@@ -767,7 +729,7 @@ class Supervisor:
             self.log.info("actor stopped", actor=c.name, pid=c.pid)
         elif isinstance(msg, Finished):
             if self.progress is not None:  # its last state, then its own line ends
-                self.progress.update(now, self.children.get("market-data"), final=True)
+                self.progress.update(now, *md_progress(self.children.get("market-data")), final=True)
                 self.progress.close()
             s = msg.summary
             # Short: the summary and where the results are follow on stdout.
@@ -1087,7 +1049,7 @@ class Supervisor:
             self.check_timeouts(now)
             self.finish_jobs(now)
             if self.progress is not None:
-                self.progress.update(now, self.children.get("market-data"))
+                self.progress.update(now, *md_progress(self.children.get("market-data")))
             if self.phase == "stopping":
                 break
             self.wait(self.next_timeout(time.monotonic()))
@@ -1198,6 +1160,15 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"supervisor: cannot use run directory {run_dir}: {e.strerror}", file=sys.stderr)
         return EXIT_FAIL
+    if cfg.service.mode == "backtest" and cfg.service.kernel == "inprocess":
+        # The in-process kernel (actors/kernel.py): no actor processes, the same run
+        # directory rules (checked, made, locked and linked above) and exit codes.
+        from actors import kernel
+
+        try:
+            return kernel.run(cfg, run_dir, run_id, str(args.config or config_mod.DEFAULT_PATH))
+        finally:
+            os.close(lock_fd)
     try:
         cfg, remote = place(cfg, run_dir)
         sup = Supervisor(cfg, run_dir, str(args.config or config_mod.DEFAULT_PATH), remote, run_id=run_id)

@@ -299,7 +299,7 @@ def backtest_throughput(n: int, tmp: str) -> dict:
         f.write("symbol,kind,tick_size,lot_size,multiplier,currency\nBENCH,equity,0.01,1,1,USD\n")
     run_dir = os.path.join(tmp, "bt")
     sets = [f"market_data.path={data}", f"market_data.instruments={inst}", "market_data.symbol=BENCH",
-            "market_data.timestamp_column=ts", "market_data.chunk_rows=100000"]
+            "market_data.timestamp_column=ts", "market_data.chunk_rows=100000", "service.kernel=actors"]
     p, t0 = _start("config/backtest.toml", run_dir, sets)
     base, run_dir = run_dir, os.path.join(run_dir, "latest")  # each backtest has its own directory
     rss: dict[str, int] = {}
