@@ -227,22 +227,20 @@ class PaperExchange(Actor):
         self.finished = True
         assert self.eod is not None
         self.core.end_of_data(self.eod)
-        fills = self.core.results_inputs()
         self._results: dict[str, Any] = {}
-        self._results_thread = threading.Thread(target=self._write_results, args=(fills,), daemon=True)
+        self._results_thread = threading.Thread(target=self._write_results, daemon=True)
         self._results_thread.start()
         self.every(0.05, self._results_done)
 
-    def _write_results(self, fills: list[Any]) -> None:
+    def _write_results(self) -> None:
         text, summary = "no bars", {}
         try:
             skipped = self.eod.rows_skipped if self.eod is not None else 0
-            text, summary = self.core.write_results(fills, title=f"paperbus backtest {self.run_id}",
-                                                    rows_skipped=skipped)
+            text, summary = self.core.write_results(title=f"paperbus backtest {self.run_id}", rows_skipped=skipped)
         except Exception as e:  # reported by the loop: the run must not hang on it
             self._results["error"] = f"{type(e).__name__}: {e}"
             self._results["disk"] = disk_error(e)
-        self._results.update(text=text, summary=summary, fills=len(fills))
+        self._results.update(text=text, summary=summary, fills=self.core.acct.n_fills)
 
     def _results_done(self) -> None:
         if self._results_thread.is_alive() or not self._results or self._results.get("sent"):

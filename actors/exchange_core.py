@@ -56,25 +56,28 @@ Query returns every position (flat ones too, with their realized PnL), the open 
 and the account.
 
 Memory holds what can still change: open orders, positions, the account. Closed orders
-are in the ledger (a retried or cancelled client order id is looked up there), so a
-long run costs disk, not memory.
+are in the ledger (a retried or cancelled client order id is looked up there), fills.csv
+and trades.csv are written from the ledger's fills as they are read, and a backtest's
+equity curve goes to a scratch file (actors/results.py), so a long run costs disk, not
+memory. In a backtest the ledger commits thousands of writes at a time
+(``Ledger.group_commits``): a backtest that dies is run again, never resumed.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 import sqlite3
 import time
-from typing import Any, Callable
+from array import array
+from typing import Any, Callable, Iterator
 
 import msgspec
 
 from actors import report
-from actors.accounting import Account
+from actors.accounting import Account, RoundTrip
 from actors.ledger import Ledger
+from actors.results import EquitySeries
 from bus.fileio import atomic_write
 from bus.messages import (
     AccountInfo, AccountUpdate, CancelReply, EndOfData, Fill, Instrument, OrderAck, OrderInfo, OrderReject,
@@ -83,6 +86,10 @@ from bus.messages import (
 
 DAY_NS = 86_400 * 10**9
 OPEN = ("new", "partially-filled")
+EXPORT_ROWS = 10_000  # rows per chunk written to fills.csv/trades.csv
+FILLS_HEADER = "fill_id,order_id,cl_id,symbol,side,qty,price,fee,ts,time,multiplier,position,realized\n"
+TRADES_HEADER = ("symbol,side,qty,entry_ts,entry_time,entry_price,exit_ts,exit_time,exit_price,pnl,fees,"
+                 "net_pnl\n")
 
 
 class Refused(Exception):
@@ -129,10 +136,21 @@ class ExchangeCore:
         self.export_dirty = False
         self.last_export = 0.0
         self._at_close: list[OrderInfo] = []  # accepted, to fill at once after the ack (settle)
-        self.equity_rows: list[tuple[int, float]] = []
-        self.pos_rows: list[int] = []
-        self.acct = Account(float(ledger.meta("initial_cash")))
+        self.exported = False  # fills.csv/trades.csv written by this process
+        # The account keeps no round trips: trades.csv is made from the ledger's fills,
+        # and the summary needs only each trip's net PnL and each fill's fee.
+        self.acct = Account(float(ledger.meta("initial_cash")), keep_trips=False)
+        self.trip_nets = array("d")
+        self.fill_fees = array("d")
+        self._held: list[Any] = []  # the account's positions, for the equity of every bar
+        self._units = 0  # position units for the exposure figure (net, or gross over several symbols)
+        self.series: EquitySeries | None = None
+        if backtest:
+            # One row per bar timestamp, in bounded memory (a scratch file in out_dir).
+            self.series = EquitySeries(os.path.join(out_dir, ".equity.bin"))
         self._rebuild()
+        if backtest:
+            ledger.group_commits()
 
     def _rebuild(self) -> None:
         """Replay the ledger: fills through the accounting, open orders back into the book."""
@@ -140,7 +158,9 @@ class ExchangeCore:
         self.paused = led.meta("paused") == "1"
         self.halted = led.meta("halted") == "1"
         for r in led.iter_fills():
-            self.acct.apply_fill(r["symbol"], r["side"], r["qty"], r["price"], r["fee"], r["ts"], r["multiplier"])
+            res = self.acct.apply_fill(r["symbol"], r["side"], r["qty"], r["price"], r["fee"], r["ts"],
+                                       r["multiplier"])
+            self._booked(res.trips, r["fee"])
         for sym, row in led.positions().items():
             p = self.acct.positions.get(sym)
             got = p.qty if p else 0
@@ -192,31 +212,63 @@ class ExchangeCore:
             if not self.flattening:
                 self.marks_dirty = True  # the account update then says flattening is over
 
+    @staticmethod
+    def _fingerprint(o: OrderInfo) -> tuple:
+        return o.symbol, o.side, o.qty, o.order_type, o.price, o.tif
+
     def _known(self, cl_id: str) -> tuple[int, tuple] | None:
         """(order id, request fingerprint) of a client order id ever used here, open or not."""
         oid = self.open_cl.get(cl_id)
         if oid is not None:
-            o = self.open[oid]
-            return oid, (o.symbol, o.side, o.qty, o.order_type, o.price, o.tif)
+            return oid, self._fingerprint(self.open[oid])
         r = self.ledger.order_by_cl(cl_id)
         if r is None:
             return None
         return r["order_id"], (r["symbol"], r["side"], r["qty"], r["order_type"], r["price"], r["tif"])
 
     # -------------------------------------------------------------- requests
-    def _reject(self, m: SubmitOrder, code: str, text: str) -> OrderReject:
-        self.log.debug("order rejected", cl_id=m.cl_id, code=code, text=text)
+    @staticmethod
+    def _reject(m: SubmitOrder, code: str, text: str) -> OrderReject:
         return OrderReject(cl_id=m.cl_id, code=code, text=text)
 
     def submit(self, m: SubmitOrder) -> OrderAck | OrderReject:
-        """Risk-check and accept (ledger first) or reject; call ``settle()`` once the reply is out."""
+        """Risk-check and accept (ledger first) or reject; call ``settle()`` once the reply is out.
+
+        A client order id already used gets the original ack (same terms: a retry) or a
+        reject: checked in memory for open orders, and in the ledger (the cl_id UNIQUE
+        index) for the others only when it matters, on a reject or when the insert
+        finds it, so an order that is simply new costs no extra lookup."""
         fp = (m.symbol, m.side, m.qty, m.order_type, m.price, m.tif)
-        seen = self._known(m.cl_id)
-        if seen is not None:
-            if seen[1] == fp:
-                return OrderAck(cl_id=m.cl_id, order_id=seen[0], duplicate=True)
-            return self._reject(m, "duplicate-client-order-id",
-                                f"client order id {m.cl_id!r} already used by order {seen[0]} with different terms")
+        oid = self.open_cl.get(m.cl_id)
+        if oid is not None:
+            return self._again(m, fp, (oid, self._fingerprint(self.open[oid])))
+        refusal = self._refusal(m)
+        if refusal is not None:
+            seen = self._known(m.cl_id)  # a retry is answered as one, whatever the state now
+            if seen is not None:
+                return self._again(m, fp, seen)
+            self.log.debug("order rejected", cl_id=m.cl_id, code=refusal.code, text=refusal.text)
+            return refusal
+        try:
+            o = self._accept(m.cl_id, m.symbol, m.side, m.qty, m.order_type, m.price, m.tif, "accepted")
+        except sqlite3.IntegrityError:
+            seen = self._known(m.cl_id)
+            if seen is None:
+                raise
+            return self._again(m, fp, seen)
+        if o.order_type == "market" and self.cfg.fill_on == "close" and o.symbol in self.last_px:
+            self._at_close.append(o)
+        return OrderAck(cl_id=m.cl_id, order_id=o.order_id)
+
+    def _again(self, m: SubmitOrder, fp: tuple, seen: tuple[int, tuple]) -> OrderAck | OrderReject:
+        """A client order id used before: the original ack for the same terms, else a reject."""
+        if seen[1] == fp:
+            return OrderAck(cl_id=m.cl_id, order_id=seen[0], duplicate=True)
+        return self._reject(m, "duplicate-client-order-id",
+                            f"client order id {m.cl_id!r} already used by order {seen[0]} with different terms")
+
+    def _refusal(self, m: SubmitOrder) -> OrderReject | None:
+        """The reject for the first rule a new order breaks, or None."""
         if self.halted:
             return self._reject(m, "halted", "trading halted (kill switch): no new orders")
         if self.paused:
@@ -250,13 +302,9 @@ class ExchangeCore:
         if ref is not None:
             notional = m.qty * ref * inst.multiplier
             if notional > cfg.max_order_notional:
-                return self._reject(m, "risk-limit",
-                                    f"order notional {notional:.2f} exceeds max_order_notional "
-                                    f"{cfg.max_order_notional}")
-        o = self._accept(m.cl_id, m.symbol, m.side, m.qty, m.order_type, m.price, m.tif, "accepted")
-        if o.order_type == "market" and cfg.fill_on == "close" and o.symbol in self.last_px:
-            self._at_close.append(o)
-        return OrderAck(cl_id=m.cl_id, order_id=o.order_id)
+                return self._reject(m, "risk-limit", f"order notional {notional:.2f} exceeds "
+                                                     f"max_order_notional {cfg.max_order_notional}")
+        return None
 
     def settle(self) -> None:
         """Fill the market orders that fill at once (``fill_on = "close"``), after their ack."""
@@ -267,8 +315,9 @@ class ExchangeCore:
 
     def _accept(self, cl_id: str, symbol: str, side: str, qty: int, order_type: str, price: float | None, tif: str,
                 reason: str) -> OrderInfo:
-        o = OrderInfo(order_id=self.next_oid, cl_id=cl_id, symbol=symbol, side=side, qty=qty,  # type: ignore[arg-type]
-                      order_type=order_type, price=price, tif=tif, status="new", ts=self.now_ns())  # type: ignore[arg-type]
+        o = OrderInfo(order_id=self.next_oid, cl_id=cl_id, symbol=symbol, side=side,  # type: ignore[arg-type]
+                      qty=qty, order_type=order_type, price=price, tif=tif,  # type: ignore[arg-type]
+                      status="new", ts=self.now_ns())
         day = None
         if tif == "DAY" and symbol in self.last_ts:
             day = self.last_ts[symbol] // DAY_NS
@@ -380,23 +429,13 @@ class ExchangeCore:
         self.last_ts[sym] = ts
         if self.acct.mark(sym, cl):
             self.marks_dirty = True
-        if self.backtest:
-            self._record_equity(ts)
-
-    def _record_equity(self, ts: int) -> None:
-        positions = self.acct.positions
-        if len(positions) <= 1:
-            pos = sum(p.qty for p in positions.values())
-        else:  # several instruments: gross units, for exposure time
-            pos = sum(abs(p.qty) for p in positions.values())
-        # One equity row per timestamp (several symbols share one): the last
-        # bar of a timestamp has every symbol's price of that time.
-        if self.equity_rows and self.equity_rows[-1][0] == ts:
-            self.equity_rows[-1] = (ts, self.acct.equity)
-            self.pos_rows[-1] = pos
-        else:
-            self.equity_rows.append((ts, self.acct.equity))
-            self.pos_rows.append(pos)
+        if self.series is not None:
+            # equity = cash + each position's qty * mark * multiplier, summed in the
+            # account's order (Account.equity, without its per-bar call overhead)
+            mv = 0
+            for p in self._held:
+                mv += p.qty * p.mark * p.multiplier
+            self.series.record(ts, self.acct.cash + mv, self._units)
 
     def _match(self, o: OrderInfo, op: float, hi: float, lo: float, cl: float) -> float | None:
         t = o.order_type
@@ -435,11 +474,22 @@ class ExchangeCore:
         self._close_orders(days, "expired", "day order expired at end of data")
         self._close_orders(iocs, "cancelled", "ioc not filled before end of data")
         self.log.info("end of data", feed=m.feed, count=m.count, expired=len(days), cancelled=len(iocs))
+        self.ledger.flush()
         self.publish_account()
         self.export()
         return len(days), len(iocs)
 
     # ------------------------------------------------------------------ fills
+    def _booked(self, trips: list[RoundTrip], fee: float) -> None:
+        """What the summary and the equity curve need of a fill the account took."""
+        self.trip_nets.extend(t.net for t in trips)
+        self.fill_fees.append(fee)
+        held = self._held = list(self.acct.positions.values())
+        if len(held) <= 1:
+            self._units = sum(p.qty for p in held)
+        else:  # several instruments: gross units, for exposure time
+            self._units = sum(abs(p.qty) for p in held)
+
     def _commission(self, qty: int, px: float, mult: float) -> float:
         cfg = self.cfg
         return max(cfg.commission_min, cfg.commission_pct * qty * px * mult + cfg.commission_per_unit * qty)
@@ -456,6 +506,7 @@ class ExchangeCore:
         fee = self._commission(qty, px, mult)
         res = self.acct.apply_fill(o.symbol, o.side, qty, px, fee, ts, mult)
         p = self.acct.positions[o.symbol]
+        self._booked(res.trips, fee)
         fid = self.next_fid
         o.filled = o.qty
         o.status = "filled"
@@ -514,30 +565,57 @@ class ExchangeCore:
     def export(self) -> None:
         """fills.csv and trades.csv, for people: ISO-8601 UTC times beside the ns
         columns, prices to the tick size's decimals and money to the instrument's
-        precision (report.decimals). The ledger keeps the exact values."""
+        precision (report.decimals). Both are made from the ledger's fills as they are
+        read (trades.csv by replaying them through a fresh account, the same round
+        trips), so neither needs a long run's history in memory. The ledger keeps the
+        exact values."""
         self.export_dirty = False
         self.last_export = time.monotonic()
-        dec = self.decimals
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["fill_id", "order_id", "cl_id", "symbol", "side", "qty", "price", "fee", "ts", "time",
-                    "multiplier", "position", "realized"])
+        self.exported = True
+        atomic_write(os.path.join(self.out_dir, "fills.csv"), self._fills_csv())
+        atomic_write(os.path.join(self.out_dir, "trades.csv"), self._trades_csv())
+
+    def _fills_csv(self) -> Iterator[bytes]:
+        yield FILLS_HEADER.encode()
+        dec = self._decimals_cache()
+        iso = _Iso()
+        rows: list[str] = []
         for r in self.ledger.iter_fills():
-            pd, md = dec(r["symbol"])
-            w.writerow((r["fill_id"], r["order_id"], r["cl_id"], r["symbol"], r["side"], r["qty"],
-                        f"{r['price']:.{pd}f}", f"{r['fee']:.{md}f}", r["ts"], report.iso(r["ts"]),
-                        r["multiplier"], r["position"], f"{r['realized']:.{md}f}"))
-        atomic_write(os.path.join(self.out_dir, "fills.csv"), buf.getvalue().encode())
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["symbol", "side", "qty", "entry_ts", "entry_time", "entry_price", "exit_ts", "exit_time",
-                    "exit_price", "pnl", "fees", "net_pnl"])
-        for t in self.acct.trips:
-            pd, md = dec(t.symbol)
-            w.writerow((t.symbol, t.side, t.qty, t.entry_ts, report.iso(t.entry_ts), f"{t.entry_price:.{pd}f}",
-                        t.exit_ts, report.iso(t.exit_ts), f"{t.exit_price:.{pd}f}", f"{t.pnl:.{md}f}",
-                        f"{t.fees:.{md}f}", f"{t.net:.{md}f}"))
-        atomic_write(os.path.join(self.out_dir, "trades.csv"), buf.getvalue().encode())
+            pd, md = dec(r[3])
+            ts = r[8]
+            rows.append(f"{r[0]},{r[1]},{_csv(r[2])},{_csv(r[3])},{r[4]},{r[5]},{r[6]:.{pd}f},{r[7]:.{md}f},{ts},"
+                        f"{iso(ts)},{r[9]!r},{r[10]},{r[11]:.{md}f}\n")
+            if len(rows) >= EXPORT_ROWS:
+                yield "".join(rows).encode()
+                rows = []
+        yield "".join(rows).encode()
+
+    def _trades_csv(self) -> Iterator[bytes]:
+        yield TRADES_HEADER.encode()
+        dec = self._decimals_cache()
+        iso = _Iso()
+        acct = Account(self.acct.initial_cash, keep_trips=False)
+        rows: list[str] = []
+        for r in self.ledger.iter_fills():
+            for t in acct.apply_fill(r[3], r[4], r[5], r[6], r[7], r[8], r[9]).trips:
+                pd, md = dec(t.symbol)
+                rows.append(f"{_csv(t.symbol)},{t.side},{t.qty},{t.entry_ts},{iso(t.entry_ts)},"
+                            f"{t.entry_price:.{pd}f},{t.exit_ts},{iso(t.exit_ts)},{t.exit_price:.{pd}f},"
+                            f"{t.pnl:.{md}f},{t.fees:.{md}f},{t.net:.{md}f}\n")
+            if len(rows) >= EXPORT_ROWS:
+                yield "".join(rows).encode()
+                rows = []
+        yield "".join(rows).encode()
+
+    def _decimals_cache(self) -> Callable[[str], tuple[int, int]]:
+        cache: dict[str, tuple[int, int]] = {}
+
+        def dec(symbol: str) -> tuple[int, int]:
+            d = cache.get(symbol)
+            if d is None:
+                d = cache[symbol] = self.decimals(symbol)
+            return d
+        return dec
 
     def decimals(self, symbol: str) -> tuple[int, int]:
         """(price decimals, money decimals) of an instrument: report.decimals of its tick size."""
@@ -545,22 +623,19 @@ class ExchangeCore:
         return report.decimals(inst.tick_size if inst is not None else 0.01)
 
     # ---------------------------------------------------------------- results
-    def results_inputs(self) -> list[Any]:
-        """What the summary needs of the fills (their fees), read now: the results are
-        written on another thread, which must not share the ledger's connection."""
-        from types import SimpleNamespace
-
-        return [SimpleNamespace(fee=r["fee"]) for r in self.ledger.iter_fills()]
-
-    def write_results(self, fills: list[Any], title: str, rows_skipped: int = 0) -> tuple[str, dict[str, Any]]:
-        """A backtest's equity.csv, summary.json and report.png; (text summary, summary)."""
-        if not self.equity_rows:
+    def write_results(self, title: str, rows_skipped: int = 0) -> tuple[str, dict[str, Any]]:
+        """A backtest's equity.csv, summary.json and report.png; (text summary, summary).
+        Reads only the equity series and the arrays of trip nets and fill fees, never the
+        ledger, so it may run on another thread while the caller's loop goes on."""
+        series = self.series
+        if series is None or not len(series):
             return "no bars", {}
         money = max((self.decimals(sym)[1] for sym in self.instruments), default=2)
-        summary = report.write_results(self.out_dir, self.equity_rows, self.acct.trips, fills, self.pos_rows,
-                                       title=title, log=self.log, money_decimals=money,
-                                       # Replay rows dropped for bad values: in the results, not only a log.
-                                       extra={"rows_skipped": rows_skipped})
+        summary = report.write_results_series(self.out_dir, series, self.trip_nets, self.fill_fees, title=title,
+                                              log=self.log, money_decimals=money,
+                                              # Replay rows dropped for bad values: in the results, not only a log.
+                                              extra={"rows_skipped": rows_skipped})
+        series.close()
         text = report.format_text_summary(summary)
         if rows_skipped:
             text += f"\ndata          {rows_skipped} rows skipped (bad values; see the market-data warning)"
@@ -633,12 +708,41 @@ class ExchangeCore:
                 "previous_run_id": self.ledger.previous_run_id}
 
     def close(self) -> None:
-        """An ordered stop: export, record the run's end and equity, close the ledger."""
+        """An ordered stop: export (unless nothing changed since the last), record the run's
+        end and equity, close the ledger."""
         try:
             try:
-                self.export()
+                if self.export_dirty or not self.exported:
+                    self.export()
             except (OSError, sqlite3.Error) as e:
                 self.log.error("final export failed", error=str(e))
             self.ledger.end_run(self.acct.equity)  # a disk error here is the caller's (exit on it)
         finally:
             self.ledger.close()
+            if self.series is not None:
+                self.series.close()
+
+
+def _csv(v: str) -> str:
+    """A CSV field as csv.writer writes it: quoted when it holds a comma, a quote or a line break."""
+    if "," in v or '"' in v or "\n" in v or "\r" in v:
+        return '"' + v.replace('"', '""') + '"'
+    return v
+
+
+class _Iso:
+    """report.iso with the date part cached per UTC day: an export formats a time per row."""
+
+    def __init__(self) -> None:
+        self.day = -1
+        self.prefix = ""
+
+    def __call__(self, ts: int) -> str:
+        day, ns = divmod(ts, DAY_NS)
+        if day != self.day:
+            self.day, self.prefix = day, report.iso(day * DAY_NS)[:11]
+        s, sub = divmod(ns, 10**9)
+        h, rest = divmod(s, 3600)
+        m, sec = divmod(rest, 60)
+        us = sub // 1000
+        return f"{self.prefix}{h:02d}:{m:02d}:{sec:02d}.{us:06d}Z" if us else f"{self.prefix}{h:02d}:{m:02d}:{sec:02d}Z"

@@ -34,6 +34,7 @@ from bus.messages import Bar, EndOfData, Instrument, Tick
 SUB_STEPS = 16  # GBM steps per synthetic interval (they make high/low)
 MAX_CATCHUP = 3000  # intervals of sub-steps one late synthetic bar replays before it takes one big step
 YEAR_S = 365.25 * 86400.0
+SLICE = 4096  # replay rows made into Python objects at a time (a chunk's arrays are smaller than its objects)
 
 
 def load_instruments(md: Any) -> tuple[list[Instrument], int, str]:
@@ -223,7 +224,7 @@ class ReplayFeed:
         """Bars in lists of up to ``n`` (the last may be shorter), whatever the chunking of the file."""
         out: list[Bar] = []
         fseq = self.fseq
-        for rows in self.replay.chunks():
+        for rows in self.replay.chunks(SLICE):
             for sym, ts, o, h, lo, c, v in rows:
                 fseq += 1
                 out.append(Bar(symbol=sym, ts=ts, open=o, high=h, low=lo, close=c, volume=v, fseq=fseq))
@@ -240,7 +241,7 @@ class ReplayFeed:
         """One Bar (or Tick) at a time."""
         fseq = self.fseq
         bars = self.kind == "bars"
-        for rows in self.replay.chunks():
+        for rows in self.replay.chunks(SLICE):
             for row in rows:
                 fseq += 1
                 self.fseq = fseq

@@ -269,9 +269,7 @@ class Backtest:
             self.progress.update(time.monotonic(), done, total, final=True)
             self.progress.close()
         try:
-            fills = ex.results_inputs()
-            text, summary = ex.write_results(fills, title=f"paperbus backtest {self.run_id}",
-                                             rows_skipped=eod.rows_skipped)
+            text, summary = ex.write_results(title=f"paperbus backtest {self.run_id}", rows_skipped=eod.rows_skipped)
         except Exception as e:
             raise Failed("paper-exchange", e, "writing the results") from None
         self.log.info("backtest finished", bars=summary.get("bars"), fills=summary.get("fills"),
@@ -341,6 +339,12 @@ def run(cfg: config_mod.Config, run_dir: str, run_id: str, config_path: str) -> 
             bt.stop = signal.Signals(signum).name
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    prof_dir = os.environ.get("PAPERBUS_PROFILE")
+    if prof_dir:  # opt-in profiling (docs/BENCHMARKS.md), as the actors do: DIR/kernel.prof
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
     t0 = time.monotonic()
     try:
         try:
@@ -373,6 +377,9 @@ def run(cfg: config_mod.Config, run_dir: str, run_id: str, config_path: str) -> 
             signal.signal(s, h)
         if bt is not None and bt.progress is not None:
             bt.progress.close()
+        if prof_dir:
+            prof.disable()
+            prof.dump_stats(os.path.join(prof_dir, "kernel.prof"))
     log.info("supervisor exiting", exit_code=code, reason=reason, run_s=round(time.monotonic() - t0, 4))
     try:
         ended = dt.datetime.now().astimezone().isoformat(timespec="seconds")

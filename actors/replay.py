@@ -475,21 +475,31 @@ class Replay:
                        f"the first: {s.first_off}; replayed as they are")
         return out
 
-    def chunks(self) -> Iterator[list[tuple]]:
-        """Yield lists of (symbol, ts_ns, *values) rows, bad rows dropped (as counted by the scan)."""
+    def chunks(self, rows: int = 0) -> Iterator[list[tuple]]:
+        """Yield lists of (symbol, ts_ns, *values) rows, bad rows dropped (as counted by the
+        scan); at most ``rows`` rows a list when given, so a consumer that makes an object of
+        every row holds a slice of a chunk in Python objects, never a whole chunk."""
+        for good in self._good():
+            n = len(good[0])
+            step = rows if 0 < rows < n else max(n, 1)
+            for i in range(0, n or 1, step):
+                yield self._tuples(good if step == n else [c[i:i + step] for c in good])
+
+    def _good(self) -> Iterator[tuple[Any, ...]]:
+        """The good rows of each chunk as arrays (ts, row numbers, symbol codes, values...)."""
         if self._sorted is not None:
             cols, n = self._sorted, self.cfg.chunk_rows
             for i in range(0, len(cols[0]), n):
-                part = [c[i:i + n] for c in cols]
+                part = tuple(c[i:i + n] for c in cols)
                 self.rows_read += len(part[0])
-                yield self._tuples(part)
+                yield part
             return
         stats = ScanStats()
         for good in self._pass(stats, self._order_check()):
             self.rows_read = stats.rows
-            yield self._tuples(good)
+            yield good
 
-    def _tuples(self, good: tuple[Any, ...]) -> list[tuple]:
+    def _tuples(self, good: Any) -> list[tuple]:
         ts, _rows, codes, *vals = good
         names = self.names
         syms = [names[0]] * len(ts) if len(names) == 1 else [names[c] for c in codes.tolist()]

@@ -343,3 +343,12 @@ def test_backtest_order_never_fills_on_the_bar_that_decided_it(books):
     c.publish_marks()
     assert b.accounts()[-1].positions[0].qty == 4 and not c.marks_dirty
     assert c.eligible == {}  # closed orders leave nothing behind
+    # a retry of a filled order, found by the ledger's unique index inside a group
+    # transaction, is answered as a retry and costs the transaction nothing
+    r = c.submit(SubmitOrder(cl_id="c1", symbol="AAA", side="buy", qty=3, order_type="limit", price=200.0))
+    assert isinstance(r, OrderAck) and r.duplicate and r.order_id == a.order_id
+    b.ledger.flush()
+    import sqlite3
+    db = sqlite3.connect(os.path.join(b.d, "ledger.sqlite"))
+    assert db.execute("SELECT COUNT(*) FROM fills").fetchone()[0] == 2  # committed, seen from another connection
+    db.close()
