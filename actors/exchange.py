@@ -207,10 +207,12 @@ class PaperExchange(Actor):
         core = self.core
         core.decision_bar = gate1  # what an order arriving now was decided on
         done = self.done_fseq
+        ready = []
         while pending and pending[0].fseq <= gate1:
-            b = pending.popleft()
-            core.on_bar(b)
-            done = b.fseq
+            ready.append(pending.popleft())
+        if ready:
+            core.on_bars(ready)  # one mark per symbol and batch where no order is open
+            done = ready[-1].fseq
         if done != self.done_fseq:
             self.done_fseq = done
             self.ref.send(Progress(fseq=done), flags=zmq.NOBLOCK)
