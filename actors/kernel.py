@@ -77,22 +77,27 @@ class Failed(BaseException):
         self.component, self.exc, self.when = component, exc, when
 
 
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_INFRA = tuple(os.path.join(os.path.dirname(_HERE), d) for d in ("bus", "config"))  # the project's own plumbing
+
+
 def component_of(exc: BaseException, default: str) -> str:
-    """The component whose code raised ``exc``: its innermost frame in actors/ (not this
-    kernel, not the strategy host which only passes the call on) names it; a frame in
-    a plugin (anywhere else) makes it the strategy's."""
+    """The component whose code raised ``exc``: its innermost frame in actors/ names it (this
+    kernel's own frames, bus/, config/, Python's and the libraries' pass the name on; the
+    strategy host's are the strategy's); a frame anywhere else is a plugin's, the strategy's."""
     tb = exc.__traceback__
     name = default
-    here = os.path.dirname(os.path.abspath(__file__))
     while tb is not None:
         path = os.path.abspath(tb.tb_frame.f_code.co_filename)
-        if os.path.dirname(path) == here:
+        where = os.path.dirname(path)
+        if where == _HERE:
             mod = os.path.splitext(os.path.basename(path))[0]
             if mod in COMPONENT_OF:
                 name = COMPONENT_OF[mod]
             elif mod == "strategy_host":
                 name = "strategy"
-        elif not path.startswith(sys.prefix) and not path.startswith(sys.base_prefix):
+        elif not (where in _INFRA or path.startswith((sys.prefix, sys.base_prefix))
+                  or tb.tb_frame.f_code.co_filename.startswith("<")):
             name = "strategy"  # the user's plugin (or a built-in one in actors/strategies/)
         tb = tb.tb_next
     return name
@@ -380,7 +385,8 @@ def run(cfg: config_mod.Config, run_dir: str, run_id: str, config_path: str) -> 
         if prof_dir:
             prof.disable()
             prof.dump_stats(os.path.join(prof_dir, "kernel.prof"))
-    log.info("supervisor exiting", exit_code=code, reason=reason, run_s=round(time.monotonic() - t0, 4))
+    log.info("supervisor exiting", exit_code=code, reason=reason, run_s=round(time.monotonic() - t0, 4),
+             **({"peak_rss_kb": peak} if (peak := _peak_rss_kb()) else {}))
     try:
         ended = dt.datetime.now().astimezone().isoformat(timespec="seconds")
         _write_run_record(run_dir, {**record, "ended": ended, "exit_code": code, "reason": reason})
@@ -392,6 +398,18 @@ def run(cfg: config_mod.Config, run_dir: str, run_id: str, config_path: str) -> 
     if text:
         print(text, flush=True)
     return code
+
+
+def _peak_rss_kb() -> int:
+    """This process's peak resident memory (VmHWM), kB; 0 where /proc does not say."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def _failure(f: Failed) -> tuple[str, int]:

@@ -46,11 +46,17 @@ def _wait(pred, timeout: float, what: str, interval: float = 0.001):
 
 
 def _log(run_dir: str) -> list[dict]:
+    out = []
     try:
         with open(os.path.join(run_dir, "logs", "supervisor.jsonl")) as f:
-            return [json.loads(x) for x in f if x.strip()]
+            for x in f:
+                try:
+                    out.append(json.loads(x))
+                except ValueError:  # the line being written as we read (a reader may see part of it)
+                    pass
     except OSError:
-        return []
+        pass
+    return out
 
 
 def _ts(e: dict) -> float:
@@ -369,24 +375,22 @@ def _name(pid: int) -> str:
 
 def backtest_run(kernel: str, data: str, inst: str, n: int, tmp: str) -> dict:
     """One backtest of ``data`` under ``kernel``: bars/s from the first bar (in-process) or RUN
-    (actors) to the results written, and the peak RSS of every process (VmHWM sampled while
-    it runs, and the largest of all from wait4 once it is over)."""
+    (actors) to the results written, and the peak RSS of every process: VmHWM sampled while
+    it runs (the in-process kernel also logs its own as it exits). Not wait4's ru_maxrss:
+    on Linux it counts the bench's own memory, which the child had between fork and exec."""
     run_dir = os.path.join(tmp, f"bt-{kernel}-{n}")
     sets = [f"market_data.path={data}", f"market_data.instruments={inst}", "market_data.symbol=BENCH",
             "market_data.timestamp_column=ts", f"service.kernel={kernel}"]
     p, t0 = _start("config/backtest.toml", run_dir, sets)
     rss: dict[str, int] = {}
-    usage = None
-    while True:
+    while p.poll() is None:
         for pid in [p.pid, *_children(p.pid)]:
             name = "supervisor" if pid == p.pid else (_name(pid) or "?")
             rss[name] = max(rss.get(name, 0), _rss_kb(pid))
-        done, status, usage = os.wait4(p.pid, os.WNOHANG)
-        if done:
-            p.returncode = os.waitstatus_to_exitcode(status)
-            break
-        time.sleep(0.2)
-    max_kb = usage.ru_maxrss  # the largest process of the run, the supervisor's actors included
+        try:
+            p.wait(0.1)
+        except subprocess.TimeoutExpired:
+            pass
     wall = time.time() - t0
     res = os.path.realpath(os.path.join(run_dir, "latest"))
     ev = _log(res)
@@ -397,11 +401,14 @@ def backtest_run(kernel: str, data: str, inst: str, n: int, tmp: str) -> dict:
     if t_run is None or t_end is None:
         why = next((e.get("reason") for e in reversed(ev) if e["event"] == "supervisor exiting"), "unknown")
         raise RuntimeError(f"{kernel} backtest of {n:,} bars failed (exit {p.returncode}): {why}")
+    own = next((e.get("peak_rss_kb") for e in ev if e["event"] == "supervisor exiting"), None)
+    if own:
+        rss["supervisor"] = max(rss.get("supervisor", 0), own)
     with open(os.path.join(res, "summary.json")) as f:
         summ = json.load(f)
     return {"kernel": kernel, "bars": n, "exit": p.returncode, "run_s": t_end - t_run, "wall_s": wall,
             "bars_per_s": n / (t_end - t_run), "loop_bars_per_s": n / (t_eod - t_run) if t_eod else None,
-            "fills": summ.get("fills"), "rss_kb": rss, "max_kb": max_kb, "dir": res, "summary": summ}
+            "fills": summ.get("fills"), "rss_kb": rss, "max_kb": max(rss.values()), "dir": res, "summary": summ}
 
 
 def same_results(a: dict, b: dict) -> bool:

@@ -163,3 +163,20 @@ def test_the_in_process_kernel_refuses_what_it_cannot_run(procs, run_dir, sets, 
     last = err.decode().strip().splitlines()[-1]
     assert last.startswith("supervisor: config error: ") and line in last, last
     assert os.listdir(run_dir) == []  # nothing was made
+
+
+@pytest.mark.parametrize("kernel", ["inprocess", "actors"])
+def test_a_full_disk_stops_either_kernel_naming_the_ledger(procs, run_dir, kernel):
+    """The 6th fill's write fails as on a full disk (the PAPERBUS_FAULT test hook): exit 1,
+    the reason as the last line, in the same words under both kernels; no summary."""
+    args = [PY, "supervisor.py", "--config", "config/backtest.toml", "--run-dir", run_dir,
+            "--set", f"service.kernel={kernel}"]
+    p = procs.spawn(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    env={"PAPERBUS_FAULT": "ledger.fill:ENOSPC:after=5"})
+    _out, err = p.communicate(timeout=120)
+    assert p.returncode == 1, err.decode()[-2000:]
+    d = os.path.realpath(os.path.join(run_dir, "latest"))
+    last = err.decode().strip().splitlines()[-1]
+    assert last == (f"supervisor: paper-exchange: disk error: writing {d}/ledger.sqlite: "
+                    "[Errno 28] No space left on device"), last
+    assert not os.path.exists(os.path.join(d, "summary.json"))
