@@ -70,15 +70,14 @@ import os
 import sqlite3
 import time
 from array import array
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import msgspec
 
-from actors import report
+from actors import exports, report
 from actors.accounting import Account, RoundTrip
 from actors.ledger import Ledger
 from actors.results import EquitySeries
-from bus.fileio import atomic_write
 from bus.messages import (
     AccountInfo, AccountUpdate, CancelReply, EndOfData, Fill, Instrument, OrderAck, OrderInfo, OrderReject,
     OrderUpdate, PositionInfo, QueryReply, SubmitOrder,
@@ -86,10 +85,6 @@ from bus.messages import (
 
 DAY_NS = 86_400 * 10**9
 OPEN = ("new", "partially-filled")
-EXPORT_ROWS = 10_000  # rows per chunk written to fills.csv/trades.csv
-FILLS_HEADER = "fill_id,order_id,cl_id,symbol,side,qty,price,fee,ts,time,multiplier,position,realized\n"
-TRADES_HEADER = ("symbol,side,qty,entry_ts,entry_time,entry_price,exit_ts,exit_time,exit_price,pnl,fees,"
-                 "net_pnl\n")
 
 
 class Refused(Exception):
@@ -599,59 +594,13 @@ class ExchangeCore:
             self.export()
 
     def export(self) -> None:
-        """fills.csv and trades.csv, for people: ISO-8601 UTC times beside the ns
-        columns, prices to the tick size's decimals and money to the instrument's
-        precision (report.decimals). Both are made from the ledger's fills as they are
-        read (trades.csv by replaying them through a fresh account, the same round
-        trips), so neither needs a long run's history in memory. The ledger keeps the
-        exact values."""
+        """fills.csv and trades.csv, from the ledger's fills as they are read (actors/exports.py)."""
         self.export_dirty = False
         self.last_export = time.monotonic()
         self.exported = True
-        atomic_write(os.path.join(self.out_dir, "fills.csv"), self._fills_csv())
-        atomic_write(os.path.join(self.out_dir, "trades.csv"), self._trades_csv())
-
-    def _fills_csv(self) -> Iterator[bytes]:
-        yield FILLS_HEADER.encode()
-        dec = self._decimals_cache()
-        iso = _Iso()
-        rows: list[str] = []
-        for r in self.ledger.iter_fills():
-            pd, md = dec(r[3])
-            ts = r[8]
-            rows.append(f"{r[0]},{r[1]},{_csv(r[2])},{_csv(r[3])},{r[4]},{r[5]},{r[6]:.{pd}f},{r[7]:.{md}f},{ts},"
-                        f"{iso(ts)},{r[9]!r},{r[10]},{r[11]:.{md}f}\n")
-            if len(rows) >= EXPORT_ROWS:
-                yield "".join(rows).encode()
-                rows = []
-        yield "".join(rows).encode()
-
-    def _trades_csv(self) -> Iterator[bytes]:
-        yield TRADES_HEADER.encode()
-        dec = self._decimals_cache()
-        iso = _Iso()
-        acct = Account(self.acct.initial_cash, keep_trips=False)
-        rows: list[str] = []
-        for r in self.ledger.iter_fills():
-            for t in acct.apply_fill(r[3], r[4], r[5], r[6], r[7], r[8], r[9]).trips:
-                pd, md = dec(t.symbol)
-                rows.append(f"{_csv(t.symbol)},{t.side},{t.qty},{t.entry_ts},{iso(t.entry_ts)},"
-                            f"{t.entry_price:.{pd}f},{t.exit_ts},{iso(t.exit_ts)},{t.exit_price:.{pd}f},"
-                            f"{t.pnl:.{md}f},{t.fees:.{md}f},{t.net:.{md}f}\n")
-            if len(rows) >= EXPORT_ROWS:
-                yield "".join(rows).encode()
-                rows = []
-        yield "".join(rows).encode()
-
-    def _decimals_cache(self) -> Callable[[str], tuple[int, int]]:
-        cache: dict[str, tuple[int, int]] = {}
-
-        def dec(symbol: str) -> tuple[int, int]:
-            d = cache.get(symbol)
-            if d is None:
-                d = cache[symbol] = self.decimals(symbol)
-            return d
-        return dec
+        exports.write_fills_csv(os.path.join(self.out_dir, "fills.csv"), self.ledger, self.decimals)
+        exports.write_trades_csv(os.path.join(self.out_dir, "trades.csv"), self.ledger, self.decimals,
+                                 self.acct.initial_cash)
 
     def decimals(self, symbol: str) -> tuple[int, int]:
         """(price decimals, money decimals) of an instrument: report.decimals of its tick size."""
@@ -758,27 +707,3 @@ class ExchangeCore:
             if self.series is not None:
                 self.series.close()
 
-
-def _csv(v: str) -> str:
-    """A CSV field as csv.writer writes it: quoted when it holds a comma, a quote or a line break."""
-    if "," in v or '"' in v or "\n" in v or "\r" in v:
-        return '"' + v.replace('"', '""') + '"'
-    return v
-
-
-class _Iso:
-    """report.iso with the date part cached per UTC day: an export formats a time per row."""
-
-    def __init__(self) -> None:
-        self.day = -1
-        self.prefix = ""
-
-    def __call__(self, ts: int) -> str:
-        day, ns = divmod(ts, DAY_NS)
-        if day != self.day:
-            self.day, self.prefix = day, report.iso(day * DAY_NS)[:11]
-        s, sub = divmod(ns, 10**9)
-        h, rest = divmod(s, 3600)
-        m, sec = divmod(rest, 60)
-        us = sub // 1000
-        return f"{self.prefix}{h:02d}:{m:02d}:{sec:02d}.{us:06d}Z" if us else f"{self.prefix}{h:02d}:{m:02d}:{sec:02d}Z"
