@@ -64,8 +64,9 @@ FINAL_LINE_WAIT_S = 2.0  # how long the last line may wait for a console that is
 # Where a failure is reported: the module of the innermost project frame names the
 # component, as the actor that runs that code would be named under the actor kernel.
 COMPONENT_OF = {"exchange_core": "paper-exchange", "ledger": "paper-exchange", "accounting": "paper-exchange",
-                "report": "paper-exchange", "exchange": "paper-exchange", "feeds": "market-data",
-                "replay": "market-data", "instruments": "market-data"}
+                "exports": "paper-exchange", "results": "paper-exchange", "report": "paper-exchange",
+                "exchange": "paper-exchange", "feeds": "market-data", "replay": "market-data",
+                "instruments": "market-data"}
 
 
 class Failed(BaseException):
