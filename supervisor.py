@@ -31,7 +31,7 @@ import config as config_mod
 from actors import registry, rundir
 from actors.base import Role
 from actors.supervision.children import Children
-from actors.supervision.console import ProgressBar
+from actors.progress_bar import ProgressBar
 from actors.supervision.control import CONTROL, SUPERVISOR_COMMANDS
 from actors.supervision.fanout import Fanout
 from actors.supervision.peers import Peers, place
@@ -86,7 +86,7 @@ class Supervisor:
         self.backtest = cfg.service.mode == "backtest"
         self.finished_text = ""
         self.bar_source = next((c for c in self.children.values() if c.decl.progress_bar), None)
-        self.progress_bar = (ProgressBar(sys.stderr, self.bar_source.decl.progress_bar)
+        self.progress_bar = (ProgressBar(sys.stderr)
                              if self.backtest and self.bar_source and sys.stderr.isatty() else None)
         self.ctx = zmq.Context()
         self.stamper = Stamper("supervisor", self.run_id)
@@ -174,7 +174,10 @@ class Supervisor:
 
     def draw_progress(self, now: float, final: bool = False) -> None:
         if self.progress_bar is not None:
-            self.progress_bar.update(now, self.bar_source.status_info, self.bar_source.info, final)
+            # The keys the source actor's class names: done in its heartbeat status, total in its READY info.
+            done_key, total_key = self.bar_source.decl.progress_bar
+            self.progress_bar.update(now, int(self.bar_source.status_info.get(done_key, 0) or 0),
+                                     int(self.bar_source.info.get(total_key, 0) or 0), final)
 
     def on_control(self, ident: bytes, delim: bool, req: Any) -> None:
         """A ctl request, to its handler in the command table (actors/supervision/control.py)."""
@@ -393,6 +396,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"supervisor: cannot use run directory {run_dir}: {e.strerror}" + (f" ({e.filename})" if e.filename else ""),
               file=sys.stderr)
         return EXIT_FAIL
+    if cfg.service.mode == "backtest" and cfg.service.kernel == "inprocess":
+        # The in-process kernel (actors/kernel.py): no actor processes, the same run
+        # directory rules (checked, made, locked and linked above) and exit codes.
+        from actors import kernel
+
+        try:
+            return kernel.run(cfg, run_dir, run_id, str(args.config or config_mod.DEFAULT_PATH))
+        finally:
+            os.close(lock_fd)
     try:
         cfg, remote = place(cfg, run_dir, registry.declared_endpoints(decls))
         sup = Supervisor(cfg, run_dir, str(args.config or config_mod.DEFAULT_PATH), decls, remote, run_id=run_id)

@@ -76,12 +76,15 @@ class AccountingError(ValueError):
 class Account:
     """Cash account with per-instrument positions, marked to the latest price."""
 
-    def __init__(self, initial_cash: float):
+    def __init__(self, initial_cash: float, keep_trips: bool = True):
+        """``keep_trips``: keep every round trip in ``trips`` (a long run's caller takes each
+        from the FillResult instead, and keeps only what it needs of it)."""
         if not math.isfinite(initial_cash):
             raise AccountingError(f"initial cash must be finite, got {initial_cash!r}")
         self.initial_cash = float(initial_cash)
         self.cash = float(initial_cash)
         self.positions: dict[str, Position] = {}
+        self.keep_trips = keep_trips
         self.trips: list[RoundTrip] = []
         self.realized = 0.0
         self.fees = 0.0
@@ -128,7 +131,8 @@ class Account:
             trip = RoundTrip(symbol, "long" if direction > 0 else "short", close, p.open_ts, p.avg_price, ts,
                              price, pnl, entry_fee + exit_fee)
             res.trips.append(trip)
-            self.trips.append(trip)
+            if self.keep_trips:
+                self.trips.append(trip)
             p.qty += s * close
             p.realized += pnl
             self.realized += pnl

@@ -30,6 +30,8 @@ from typing import Any, Iterator
 
 from bus.faults import disk_error, inject
 
+GROUP_WRITES = 4096  # writes per transaction after group_commits()
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY,
@@ -87,6 +89,13 @@ FILL_COLS = ("fill_id", "order_id", "cl_id", "symbol", "side", "qty", "price", "
              "realized")
 
 
+INSERT_FILL = f"INSERT INTO fills({', '.join(FILL_COLS)}) VALUES ({', '.join('?' * len(FILL_COLS))})"
+
+
+class _Kept(Exception):
+    """txn(): a statement failed on a constraint inside a group transaction, which stays."""
+
+
 class LedgerModeError(RuntimeError):
     """A live run on a backtest ledger, or the other way round."""
 
@@ -94,6 +103,8 @@ class LedgerModeError(RuntimeError):
 class Ledger:
     def __init__(self, path: str):
         self.path = path
+        self._grouped = False  # group_commits(): many writes per transaction
+        self._pending = 0  # writes in the open group transaction
         try:
             # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT) below.
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -124,12 +135,31 @@ class Ledger:
     def txn(self, point: str = "ledger") -> Iterator[sqlite3.Connection]:
         """One transaction. On any failure, COMMIT's own included, it is rolled back: nothing of it
         stays. A full or read-only disk raises bus.faults.DiskError naming the ledger file.
-        ``point`` names the write for the PAPERBUS_FAULT test hook."""
+        ``point`` names the write for the PAPERBUS_FAULT test hook. After ``group_commits()``
+        the write joins the open group transaction instead (committed every GROUP_WRITES
+        writes and at ``flush()``)."""
         try:
+            if self._grouped:
+                if not self.db.in_transaction:
+                    self.db.execute("BEGIN IMMEDIATE")
+                inject(point, self.path)  # the test hook fails the group as a full disk would
+                try:
+                    yield self.db
+                except sqlite3.IntegrityError:
+                    # A constraint (a reused cl_id) aborted that statement only; the
+                    # group's earlier writes stand and its transaction goes on.
+                    raise _Kept from None
+                self._pending += 1
+                if self._pending >= GROUP_WRITES:
+                    self._pending = 0
+                    self.db.execute("COMMIT")
+                return
             self.db.execute("BEGIN IMMEDIATE")
             yield self.db
             inject(point, self.path)
             self.db.execute("COMMIT")
+        except _Kept:
+            raise sqlite3.IntegrityError("UNIQUE constraint failed") from None
         except BaseException as e:
             if self.db.in_transaction:
                 try:
@@ -140,6 +170,25 @@ class Ledger:
             if err is not None and err is not e:
                 raise err from e
             raise
+
+    def group_commits(self) -> None:
+        """Backtests: from now on writes share transactions, GROUP_WRITES at a time. A live
+        exchange commits every write before it answers or publishes (a crash must lose
+        nothing it acknowledged); a backtest that dies is run again, never resumed, so it
+        trades that for speed: one commit per thousands of orders and fills, not two per order."""
+        self._grouped = True
+
+    def flush(self) -> None:
+        """Commit the open group transaction, if any (a reader in another process then sees it all)."""
+        if self._grouped and self.db.in_transaction:
+            self._pending = 0
+            try:
+                self.db.execute("COMMIT")
+            except sqlite3.Error as e:
+                err = disk_error(e, "writing", self.path)
+                if err is not None:
+                    raise err from e
+                raise
 
     # ------------------------------------------------------------------ runs
     def start_run(self, run_id: str, config_json: str, initial_cash: float, mode: str = "live") -> float:
@@ -180,10 +229,12 @@ class Ledger:
 
     def end_run(self, equity: float | None = None) -> None:
         """The run ended in order; ``equity`` is the account's equity at that moment."""
+        self.flush()
         if self.run_row is not None:
             with self.txn() as db:
                 db.execute('UPDATE runs SET "end" = ?, end_equity = ? WHERE id = ?',
                            (time.time_ns(), equity, self.run_row))
+            self.flush()
 
     def meta(self, key: str, default: str | None = None) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -200,6 +251,18 @@ class Ledger:
 
     def fills(self) -> list[sqlite3.Row]:
         return self.db.execute(f"SELECT {', '.join(FILL_COLS)} FROM fills ORDER BY fill_id").fetchall()
+
+    def iter_fills(self) -> Iterator[sqlite3.Row]:
+        """Every fill, in order, read as it is consumed: a long run's fills never sit in memory at once."""
+        return iter(self.db.execute(f"SELECT {', '.join(FILL_COLS)} FROM fills ORDER BY fill_id"))
+
+    def open_orders(self) -> list[sqlite3.Row]:
+        return self.db.execute(f"SELECT {', '.join(ORDER_COLS)} FROM orders WHERE status IN ('new', "
+                               "'partially-filled') ORDER BY order_id").fetchall()
+
+    def order_by_cl(self, cl_id: str) -> sqlite3.Row | None:
+        """The order with this client order id (the UNIQUE index finds it), or None."""
+        return self.db.execute(f"SELECT {', '.join(ORDER_COLS)} FROM orders WHERE cl_id = ?", (cl_id,)).fetchone()
 
     def positions(self) -> dict[str, sqlite3.Row]:
         return {r["symbol"]: r for r in self.db.execute("SELECT * FROM positions")}
@@ -237,13 +300,14 @@ class Ledger:
         (symbol, qty, avg_price, realized, fees) after it."""
         oid, status, filled, reason = order
         with self.txn("ledger.fill") as db:
-            db.execute(f"INSERT INTO fills({', '.join(FILL_COLS)}) VALUES ({', '.join('?' * len(FILL_COLS))})", fill)
+            db.execute(INSERT_FILL, fill)
             db.execute("UPDATE orders SET status = ?, filled = ?, reason = ?, updated = ? WHERE order_id = ?",
                        (status, filled, reason, time.time_ns(), oid))
             db.execute("INSERT OR REPLACE INTO positions(symbol, qty, avg_price, realized, fees) VALUES (?,?,?,?,?)",
                        position)
 
     def close(self) -> None:
+        """Close the connection; an open group transaction is rolled back (flush() first to keep it)."""
         try:
             self.db.close()
         except sqlite3.Error:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import Iterable
 
 from bus.faults import disk_error, inject
 
 
-def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o600) -> None:
+def atomic_write(path: str | os.PathLike, data: bytes | Iterable[bytes], mode: int = 0o600) -> None:
     """Write ``data`` to a temp file in the same directory, flush, fsync, os.replace.
+
+    ``data`` may be chunks (an iterable of bytes), written as they come: a large file
+    (a long backtest's equity.csv) never sits in memory whole.
 
     Same directory so the rename never crosses a filesystem; the directory is
     fsynced afterwards so the new name survives a power cut. On failure the
@@ -22,7 +26,11 @@ def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o600) -> Non
     try:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                f.write(data)
+            else:
+                for chunk in data:
+                    f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)

@@ -251,11 +251,12 @@ class HistoryReply(_Base, **_tag("history-reply")):
 
 
 class Progress(_Base, **_tag("progress")):
-    """Backtest flow control: the sender has processed every md message up to
-    ``fseq``. Consumers send it to market-data (md.ref), which keeps at most a
-    window of bars in flight; the strategy sends it to the exchange (orders)
-    before the orders of a bar and at the end of each batch, which gates the
-    exchange's bar processing (see docs/ARCHITECTURE.md, Backtests)."""
+    """Backtest flow control of the actor kernel (the in-process kernel needs none):
+    the sender has processed every md message up to ``fseq``. Consumers send it to
+    market-data (md.ref), which keeps at most a window of bars in flight; the
+    strategy sends it to the exchange (orders) before the orders of a bar and at
+    the end of each batch, which gates the exchange's bar processing (see
+    docs/ARCHITECTURE.md, "The actor kernel")."""
 
     fseq: Annotated[int, Meta(ge=0)]
 
@@ -414,7 +415,7 @@ class Fill(_Base, **_tag("fill")):
 
 
 # order-update.reason -> when the exchange sends it (rendered into docs/PROTOCOL.md;
-# tests/test_protocol_doc.py checks that actors/exchange.py uses no other).
+# tests/test_protocol_doc.py checks that actors/exchange_core.py uses no other).
 ORDER_UPDATE_REASONS: dict[str, str] = {
     "accepted": "a submit was accepted (status new)",
     "filled": "the order filled (status filled); its fill precedes it on exec",

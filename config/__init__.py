@@ -47,6 +47,10 @@ class ServiceCfg(_S):
     run_dir: str = "run"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     mode: Literal["live", "backtest"] = "live"
+    # What runs a backtest: "inprocess" (one process: feed, strategy host and exchange
+    # core in turn; config/backtest.toml) or "actors" (the four actor processes, as live
+    # trading runs). Live trading always runs the actors. docs/ARCHITECTURE.md, "Two kernels".
+    kernel: Literal["inprocess", "actors"] = "actors"
 
 
 class BusCfg(_S):
@@ -365,6 +369,16 @@ def validate(cfg: Config, where: str) -> None:
                     f"{where}: key bus.{k}: endpoints on tcp ({why}) need CurveZMQ keys: run "
                     f"`python scripts/ctl.py keygen` and set bus.curve_server_key, bus.curve_client_key "
                     f"and bus.curve_allowed_clients (docs/SECURITY.md)")
+    if cfg.service.kernel == "inprocess":
+        if cfg.service.mode != "backtest":
+            raise ConfigError(f"{where}: key service.kernel: \"inprocess\" runs backtests only "
+                              f"(service.mode = \"backtest\"); live trading runs the actors (kernel = \"actors\")")
+        if cfg.market_data.feed != "replay":
+            raise ConfigError(f"{where}: key service.kernel: \"inprocess\" replays a file (market_data.feed = "
+                              f"\"replay\"), not the {cfg.market_data.feed} feed")
+        if cfg.placement.groups:
+            raise ConfigError(f"{where}: key service.kernel: \"inprocess\" runs in one process; placement.groups "
+                              f"splits actors between supervisors (use kernel = \"actors\")")
     if cfg.supervisor.backoff_max_ms < cfg.supervisor.backoff_initial_ms:
         raise ConfigError(f"{where}: key supervisor.backoff_max_ms: must be >= backoff_initial_ms")
     start_order(cfg, where)

@@ -3,9 +3,12 @@ asserts nothing about speed.
 
     python scripts/bench.py [--quick] [--rounds N]
 
-1. backtest throughput: bars/s through all four actors (config/backtest.toml on
-   generated GBM bars, SmaCross 10/20), beside raw pyzmq PUB/SUB msgs/s over ipc
-   between two processes and backtrader bars/s on the same data and strategy;
+1. backtest throughput and memory, side by side on the same generated GBM bars
+   (config/backtest.toml, SmaCross 10/20): the in-process kernel and the actor kernel
+   (bars/s, whether their results are byte-identical, peak RSS of every process),
+   backtesting.py and backtrader on the same data and strategy, raw pyzmq PUB/SUB
+   msgs/s over ipc between two processes; then both kernels on a --mem-bars file
+   (10,000,000 bars) for peak memory;
 2. live latency bar -> order -> ack -> fill (PingPong strategy orders on every
    bar, exchange fill_on = "close" fills at once): fill send time minus the
    triggering bar's send time, both from the envelopes, p50/p99/max; beside a
@@ -259,40 +262,123 @@ def backtrader_rate(path: str, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+BTPY_CHILD = textwrap.dedent("""
+    import resource, sys, time, warnings
+    import pandas as pd
+    from backtesting import Backtest, Strategy
+    from backtesting.lib import crossover
+    warnings.filterwarnings("ignore")
+    df = pd.read_csv(sys.argv[1], nrows=int(sys.argv[2]))
+    df.index = pd.to_datetime(df["ts"], unit="s")
+    df = df.rename(columns=str.capitalize)[["Open", "High", "Low", "Close", "Volume"]]
+
+    def SMA(v, n):
+        return pd.Series(v).rolling(n).mean()
+
+    class SmaCross(Strategy):   # SmaCross(10, 20) +/-100 at the next open, as paperbus's
+        def init(self):
+            self.fast = self.I(SMA, self.data.Close, 10)
+            self.slow = self.I(SMA, self.data.Close, 20)
+        def next(self):
+            if crossover(self.fast, self.slow):
+                self.buy(size=100)
+            elif crossover(self.slow, self.fast):
+                self.sell(size=100)
+
+    bt = Backtest(df, SmaCross, cash=1_000_000, commission=0.002, exclusive_orders=True)
+    t0 = time.perf_counter()
+    stats = bt.run()
+    dt = time.perf_counter() - t0
+    import backtesting
+    print(backtesting.__version__, len(df), dt, stats["# Trades"], flush=True)
+""")
+
+
+def backtesting_py_rate(path: str, n: int) -> dict | None:
+    """backtesting.py on the same file (its own process): bars/s of bt.run(), or None if not installed."""
+    p = subprocess.Popen([sys.executable, "-c", BTPY_CHILD, path, str(n)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    out, err = p.communicate(timeout=3600)
+    if p.returncode != 0:
+        if "No module named 'backtesting'" in err:
+            return None
+        raise RuntimeError(f"backtesting.py failed: {err[-2000:]}")
+    version, rows, secs, trades = out.split()
+    return {"version": version, "bars": int(rows), "secs": float(secs), "bars_per_s": int(rows) / float(secs),
+            "trades": int(trades)}
+
+
 # ----------------------------------------------------------------- paperbus
-def backtest_throughput(n: int, tmp: str) -> dict:
+def bench_data(n: int, tmp: str, name: str = "bench") -> tuple[str, str, dict]:
+    """A generated n-bar file (one symbol, BENCH) and its instrument file."""
     bars = gen_bars(n)
-    data = os.path.join(tmp, "bench.csv")
+    data = os.path.join(tmp, f"{name}.csv")
     write_paperbus_csv(data, bars)
     inst = os.path.join(tmp, "instruments.csv")
     with open(inst, "w") as f:
         f.write("symbol,kind,tick_size,lot_size,multiplier,currency\nBENCH,equity,0.01,1,1,USD\n")
-    run_dir = os.path.join(tmp, "bt")
+    return data, inst, bars
+
+
+def _name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+    except OSError:
+        return ""
+    return args[args.index(b"--name") + 1].decode() if b"--name" in args else ""
+
+
+def backtest_run(kernel: str, data: str, inst: str, n: int, tmp: str) -> dict:
+    """One backtest of ``data`` under ``kernel``: bars/s from the first bar (in-process) or RUN
+    (actors) to the results written, and the peak RSS of every process: VmHWM sampled while
+    it runs (the in-process kernel also logs its own as it exits). Not wait4's ru_maxrss:
+    on Linux it counts the bench's own memory, which the child had between fork and exec."""
+    run_dir = os.path.join(tmp, f"bt-{kernel}-{n}")
     sets = [f"market_data.path={data}", f"market_data.instruments={inst}", "market_data.symbol=BENCH",
-            "market_data.timestamp_column=ts", "market_data.chunk_rows=100000"]
+            "market_data.timestamp_column=ts", f"service.kernel={kernel}"]
     p, t0 = _start("config/backtest.toml", run_dir, sets)
-    run_dir = os.path.join(run_dir, "latest")  # each backtest has its own directory
     rss: dict[str, int] = {}
-    while p.poll() is None:  # sample peak RSS while it runs
-        st = _status(run_dir) if os.path.exists(os.path.join(run_dir, "endpoints.json")) else None
-        for name, a in (st or {}).get("actors", {}).items():
-            if a.get("pid"):
-                rss[name] = max(rss.get(name, 0), _rss_kb(a["pid"]))
+    while p.poll() is None:
+        for pid in [p.pid, *testkit.children(p.pid)]:
+            name = "supervisor" if pid == p.pid else (_name(pid) or "?")
+            rss[name] = max(rss.get(name, 0), _rss_kb(pid))
         try:
-            p.wait(0.5)
+            p.wait(0.1)
         except subprocess.TimeoutExpired:
             pass
     wall = time.time() - t0
-    ev = _log(run_dir)
-    t_run = next((_ts(e) for e in ev if e["event"] == "all actors running"), None)
+    res = os.path.realpath(os.path.join(run_dir, "latest"))
+    ev = _log(res)
+    start_ev = "backtest running" if kernel == "inprocess" else "all actors running"
+    t_run = next((_ts(e) for e in ev if e["event"] == start_ev), None)
+    t_eod = next((_ts(e) for e in ev if e["event"] == "end of data" and e.get("component") == "paper-exchange"), None)
     t_end = next((_ts(e) for e in ev if e["event"] == "backtest finished"), None)
     if t_run is None or t_end is None:
         why = next((e.get("reason") for e in reversed(ev) if e["event"] == "supervisor exiting"), "unknown")
-        raise RuntimeError(f"backtest of {n:,} bars failed (exit {p.returncode}): {why}")
-    with open(os.path.join(run_dir, "summary.json")) as f:
+        raise RuntimeError(f"{kernel} backtest of {n:,} bars failed (exit {p.returncode}): {why}")
+    own = next((e.get("peak_rss_kb") for e in ev if e["event"] == "supervisor exiting"), None)
+    if own:
+        rss["supervisor"] = max(rss.get("supervisor", 0), own)
+    with open(os.path.join(res, "summary.json")) as f:
         summ = json.load(f)
-    return {"bars": n, "exit": p.returncode, "run_s": t_end - t_run, "wall_s": wall,
-            "bars_per_s": n / (t_end - t_run), "fills": summ.get("fills"), "rss_kb": rss, "bars_data": bars}
+    return {"kernel": kernel, "bars": n, "exit": p.returncode, "run_s": t_end - t_run, "wall_s": wall,
+            "bars_per_s": n / (t_end - t_run), "loop_bars_per_s": n / (t_eod - t_run) if t_eod else None,
+            "fills": summ.get("fills"), "rss_kb": rss, "max_kb": max(rss.values()), "dir": res, "summary": summ}
+
+
+def same_results(a: dict, b: dict) -> bool:
+    """Both kernels' fills.csv, trades.csv and equity.csv byte for byte, and summary.json."""
+    for name in ("fills.csv", "trades.csv", "equity.csv"):
+        with open(os.path.join(a["dir"], name), "rb") as x, open(os.path.join(b["dir"], name), "rb") as y:
+            if x.read() != y.read():
+                return False
+    return a["summary"] == b["summary"]
+
+
+def _rss_line(r: dict) -> str:
+    procs = ", ".join(f"{k} {v / 1024:.0f}" for k, v in sorted(r["rss_kb"].items(), key=lambda kv: -kv[1]))
+    return f"largest {r['max_kb'] / 1024:.0f} MB ({procs} MB)"
 
 
 def live_latency(n_bars: int, rate_hz: float) -> dict:
@@ -346,7 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="paperbus benchmarks (figures only)")
     ap.add_argument("--quick", action="store_true", help="small sizes, one round (runs in the test suite)")
     ap.add_argument("--rounds", type=int, default=3, help="supervision rounds")
-    ap.add_argument("--bars", type=int, default=1_000_000, help="backtest bars")
+    ap.add_argument("--bars", type=int, default=1_000_000, help="backtest bars (both kernels and backtesting.py)")
+    ap.add_argument("--mem-bars", type=int, default=10_000_000,
+                    help="bars of the file both kernels run for peak memory (0: skip)")
     args = ap.parse_args(argv)
     quick = args.quick
     n_bars = 20_000 if quick else args.bars
@@ -355,18 +443,47 @@ def main(argv: list[str] | None = None) -> int:
     tmp = tempfile.mkdtemp(prefix="pbb-", dir="/tmp")
     try:
         print(f"paperbus bench{' --quick' if quick else ''}  (python {sys.version.split()[0]}, {os.cpu_count()} cpus)")
-        bt = backtest_throughput(n_bars, tmp)
+        data, inst, bars = bench_data(n_bars, tmp)
+        inproc = backtest_run("inprocess", data, inst, n_bars, tmp)
+        actors = backtest_run("actors", data, inst, n_bars, tmp)
+        same = same_results(inproc, actors)
+        btpy = backtesting_py_rate(data, n_bars)
         raw = raw_pubsub(200_000 if not quick else 20_000, tmp)
         bt_csv = os.path.join(tmp, "backtrader.csv")
-        write_backtrader_csv(bt_csv, bt["bars_data"], n_bt)
+        write_backtrader_csv(bt_csv, bars, n_bt)
         btr = backtrader_rate(bt_csv, n_bt)
-        print("\n1. backtest throughput (config/backtest.toml, SmaCross 10/20, generated GBM bars)")
-        print(f"  paperbus, 4 actors, {bt['bars']:,} bars       {bt['bars_per_s']:>12,.0f} bars/s   "
-              f"({bt['run_s']:.2f} s RUN to Finished, {bt['fills']} fills, exit {bt['exit']})   target >= 100,000")
-        print(f"  reference: raw pyzmq PUB/SUB over ipc   {raw:>12,.0f} msgs/s")
+        print("\n1. backtest throughput (config/backtest.toml: SmaCross 10/20 +/-100, next-open fills, 0.2% commission;"
+              " generated GBM bars, one symbol)")
+        loop = f"; the loop alone {inproc['loop_bars_per_s']:,.0f} bars/s" if inproc["loop_bars_per_s"] else ""
+        print(f"  paperbus in-process kernel, {n_bars:,} bars {inproc['bars_per_s']:>12,.0f} bars/s   "
+              f"({inproc['run_s']:.2f} s first bar to results written{loop}; {inproc['fills']} fills, "
+              f"exit {inproc['exit']})   target >= 100,000 and >= 2x backtesting.py")
+        print(f"  paperbus actor kernel, {n_bars:,} bars      {actors['bars_per_s']:>12,.0f} bars/s   "
+              f"({actors['run_s']:.2f} s RUN to Finished, {actors['fills']} fills, exit {actors['exit']})   "
+              f"target >= 40,000")
+        print(f"  same results from both kernels (fills.csv, trades.csv, equity.csv byte for byte; summary.json): "
+              f"{'yes' if same else 'NO'}")
+        if btpy is None:
+            print("  reference: backtesting.py              not installed (pip install backtesting)")
+        else:
+            print(f"  reference: backtesting.py {btpy['version']}, {btpy['bars']:,} bars {btpy['bars_per_s']:>10,.0f} "
+                  f"bars/s   (bt.run(), {btpy['trades']} trades; in-process kernel = "
+                  f"{inproc['bars_per_s'] / btpy['bars_per_s']:.2f}x)")
         print(f"  reference: backtrader, {n_bt:,} bars       {btr:>12,.0f} bars/s   "
-              f"(paperbus = {bt['bars_per_s'] / btr:.1f}x backtrader; target >= 10x)")
-        print("  peak RSS in the backtest: " + ", ".join(f"{k} {v / 1024:.0f} MB" for k, v in bt["rss_kb"].items()))
+              f"(in-process kernel = {inproc['bars_per_s'] / btr:.1f}x)")
+        print(f"  reference: raw pyzmq PUB/SUB over ipc   {raw:>12,.0f} msgs/s")
+        print(f"  peak RSS, {n_bars:,} bars: in-process {_rss_line(inproc)}")
+        print(f"  peak RSS, {n_bars:,} bars: actors     {_rss_line(actors)}")
+        mem_bars = 50_000 if quick else args.mem_bars
+        if mem_bars:
+            del bars
+            big, inst, _ = bench_data(mem_bars, tmp, "big")
+            for kernel in ("inprocess", "actors"):
+                r = backtest_run(kernel, big, inst, mem_bars, tmp)
+                label = "in-process" if kernel == "inprocess" else kernel
+                print(f"  peak RSS, {mem_bars:,} bars: {label:10} {_rss_line(r)}   target <= 200 MB each "
+                      f"({r['bars_per_s']:,.0f} bars/s)")
+            os.unlink(big)
 
         rate = 20.0 if quick else 50.0
         live = live_latency(n_lat, rate)
@@ -401,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
         for n, kb in rss.items():
             print(f"  {n:40} {kb / 1024:8.1f} MB")
         print(f"  {'total':40} {sum(rss.values()) / 1024:8.1f} MB   (target <= 300 MB)")
-        return 0 if bt["exit"] == 0 else 1
+        return 0 if inproc["exit"] == 0 and actors["exit"] == 0 and same else 1
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

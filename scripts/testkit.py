@@ -311,7 +311,7 @@ def shutdown(proc: subprocess.Popen, run_dir: str, timeout: float = 30.0,
 # == filled <= qty, status "filled" exactly when filled == qty, every fill matches its
 # order; no cl_id used twice. ``check_published``: every Fill seen on exec is in the
 # ledger, field for field.
-OPEN = ("new", "partially-filled")  # actors/exchange.py OPEN
+OPEN = ("new", "partially-filled")  # actors/exchange_core.py OPEN
 FILL_FIELDS = ("order_id", "cl_id", "symbol", "side", "qty", "price", "fee")
 
 

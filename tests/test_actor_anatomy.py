@@ -178,11 +178,11 @@ def test_a_channel_or_endpoint_clash_is_refused(run_dir):
 def test_the_engine_actors_declare_the_commands_the_fanouts_send():
     """ctl's fan-outs address roles; every actor with a role answers what is sent to that role."""
     from actors.exchange import PaperExchange
-    from actors.strategy import StrategyHost
+    from actors.strategy import StrategyActor
     from actors.supervision.control import CONTROL
     for cmd in CONTROL.values():
         for step in cmd.fanout:
-            for cls in (PaperExchange, StrategyHost):
+            for cls in (PaperExchange, StrategyActor):
                 if step.role in cls.roles:
                     assert step.command in cls.commands, (cmd.name, cls.__name__, step.command)
 

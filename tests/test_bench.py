@@ -15,6 +15,9 @@ def test_bench_quick_runs_and_prints_every_figure(procs):
     out, err = p.communicate(timeout=220)
     text = out.decode()
     assert p.returncode == 0, err.decode()[-3000:]
-    for needle in ("bars/s", "raw pyzmq PUB/SUB", "backtrader", "p50", "raw REQ/REP", "cold start to all READY",
+    for needle in ("bars/s", "paperbus in-process kernel", "paperbus actor kernel", "backtesting.py", "raw pyzmq PUB/SUB",
+                   "backtrader", "peak RSS", "p50", "raw REQ/REP", "cold start to all READY",
                    "supervisor SIGKILL to last actor gone", "total"):
         assert needle in text, needle
+    # the two kernels agree on the same data, in the bench as in tests/test_kernels.py
+    assert "same results from both kernels (fills.csv, trades.csv, equity.csv byte for byte; summary.json): yes" in text

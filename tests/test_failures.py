@@ -68,12 +68,16 @@ def test_strategy_symbol_not_in_the_instrument_master(procs, run_dir):
                          "(2 instruments)")
 
 
-def test_replay_file_with_a_missing_column(procs, run_dir):
+KERNELS = pytest.mark.parametrize("kernel", ["inprocess", "actors"])  # the two kernels fail alike
+
+
+@KERNELS
+def test_replay_file_with_a_missing_column(procs, run_dir, kernel):
     path = os.path.join(run_dir, "nocl.csv")
     with open(path, "w") as f:
         f.write("Date,Open,High,Low,Volume\n2004-08-19,100,104.06,95.96,22351900\n")
     rc, lines = run(procs, ["--config", BACKTEST, "--run-dir", os.path.join(run_dir, "r"),
-                            "--set", f"market_data.path={path}"])
+                            "--set", f"market_data.path={path}", "--set", f"service.kernel={kernel}"])
     assert rc == 2
     assert lines[-1] == (f"supervisor: config error: market-data: {path}: no column for 'close' in "
                          "['Date', 'Open', 'High', 'Low', 'Volume']; "
@@ -81,10 +85,11 @@ def test_replay_file_with_a_missing_column(procs, run_dir):
     assert_plain_console(lines)
 
 
-def test_replay_file_that_does_not_exist(procs, run_dir):
+@KERNELS
+def test_replay_file_that_does_not_exist(procs, run_dir, kernel):
     path = os.path.join(run_dir, "missing.csv")
     rc, lines = run(procs, ["--config", BACKTEST, "--run-dir", os.path.join(run_dir, "r"),
-                            "--set", f"market_data.path={path}"])
+                            "--set", f"market_data.path={path}", "--set", f"service.kernel={kernel}"])
     assert rc == 2
     assert lines[-1] == f"supervisor: config error: market-data: replay file not found: {path}"
     assert_plain_console(lines)
@@ -104,16 +109,19 @@ class Boom(Strategy):
 """
 
 
-def test_strategy_raising_in_on_bar_during_a_backtest(procs, run_dir):
+@pytest.mark.parametrize("kernel,how", [("inprocess", "failed during the backtest"),
+                                         ("actors", "exited during the backtest (exit code 1)")])
+def test_strategy_raising_in_on_bar_during_a_backtest(procs, run_dir, kernel, how):
     """A bug in the user's plugin: the last line says what it raised and where, in the user's file."""
     os.mkdir(os.path.join(run_dir, "mystrats"))
     with open(os.path.join(run_dir, "mystrats", "boom.py"), "w") as f:
         f.write(BOOM)
     # Run from the plugin's directory, as a user does; a new plugin drops SmaCross's params.
     rc, lines = run(procs, ["--config", BACKTEST, "--run-dir", os.path.join(run_dir, "r"),
-                            "--set", "strategy.plugin=mystrats.boom:Boom"], cwd=run_dir)
+                            "--set", "strategy.plugin=mystrats.boom:Boom", "--set", f"service.kernel={kernel}"],
+                    cwd=run_dir)
     assert rc == 1
-    assert lines[-1] == ("supervisor: strategy exited during the backtest (exit code 1): "
+    assert lines[-1] == (f"supervisor: strategy {how}: "
                          "ZeroDivisionError: float division by zero (at mystrats/boom.py:9 in on_bar)")
     assert_plain_console(lines)
 

@@ -11,7 +11,7 @@ import pytest
 
 import config as config_mod
 from bus.codec import Stamper
-from actors.market_data import FeedState, GbmSymbol, WallClockBars
+from actors.feeds import FeedState, GbmSymbol, WallClockBars
 from bus.messages import (
     Bar, EndOfData, HistoryReply, HistoryRequest, InitFailed, Instrument, InstrumentsReply, InstrumentsRequest, MdError,
     Progress, Ready, Stopped,

@@ -115,7 +115,7 @@ def _kw(call, name):
 
 def test_reject_codes_and_order_update_reasons_are_the_ones_the_exchange_sends():
     codes, reasons = set(), set()
-    for name, call in _calls("actors/exchange.py", {"_reject", "OrderReject", "_publish_order", "_close_orders",
+    for name, call in _calls("actors/exchange_core.py", {"_reject", "OrderReject", "_publish_order", "_close_orders",
                                                      "_cancel_where", "_accept"}):
         if name == "_reject":
             codes.add(_const(call.args[1]))
@@ -125,9 +125,9 @@ def test_reject_codes_and_order_update_reasons_are_the_ones_the_exchange_sends()
             reasons.add(_kw(call, "reason") or (_const(call.args[-1]) if call.args else None))
     codes.discard(None)
     reasons.discard(None)  # passed through a variable: its callers' literals are collected
-    assert codes == set(m.REJECT_CODES), "reject codes in actors/exchange.py differ from bus.messages.REJECT_CODES"
+    assert codes == set(m.REJECT_CODES), "reject codes in actors/exchange_core.py differ from bus.messages.REJECT_CODES"
     assert reasons == set(m.ORDER_UPDATE_REASONS), (
-        "order-update reasons in actors/exchange.py differ from bus.messages.ORDER_UPDATE_REASONS")
+        "order-update reasons in actors/exchange_core.py differ from bus.messages.ORDER_UPDATE_REASONS")
 
 
 @pytest.mark.parametrize("cls", [m.OrdersError, m.MdError, m.StateError], ids=lambda c: m.tag_of(c))

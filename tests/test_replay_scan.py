@@ -6,7 +6,7 @@ import os
 import pytest
 
 import config as config_mod
-from actors.market_data import Replay, ReplayError
+from actors.replay import Replay, ReplayError
 from bus.messages import Instrument
 
 pytestmark = pytest.mark.timeout(60)

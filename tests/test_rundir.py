@@ -214,11 +214,13 @@ def report_money_keys():
     return MONEY_KEYS
 
 
-def test_progress_bar_ends_its_line_and_finished_line_is_short(procs, run_dir):
+@pytest.mark.parametrize("kernel", ["inprocess", "actors"])
+def test_progress_bar_ends_its_line_and_finished_line_is_short(procs, run_dir, kernel):
     """On a terminal: the progress bar's line ends before anything else is printed."""
     master, slave = pty.openpty()
     try:
-        p = procs.spawn([PY, "supervisor.py", "--config", "config/backtest.toml", "--run-dir", run_dir],
+        p = procs.spawn([PY, "supervisor.py", "--config", "config/backtest.toml", "--run-dir", run_dir,
+                         "--set", f"service.kernel={kernel}"],
                         stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
         os.close(slave)
         slave = -1

@@ -1,4 +1,10 @@
-"""What the supervisor draws on its terminal besides the log: the backtest progress bar."""
+"""The backtest progress bar on the terminal: bars done, bars/s, time left.
+
+Both kernels draw it: the supervisor from market-data's heartbeat status (so it costs
+the actors' data path nothing), the in-process kernel from its own count. Named
+ProgressBar, not Progress: ``bus.messages.Progress`` is the actor kernel's flow-control
+message.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +12,18 @@ from typing import Any
 
 
 class ProgressBar:
-    """Backtest progress on the terminal: items done, items/s, time left.
-
-    Fed from one actor's heartbeat status and READY info, the keys its class
-    names in ``progress_bar`` (market-data: ``fseq`` of ``total`` bars), so it
-    costs the data path nothing.
-    """
-
-    def __init__(self, out: Any, keys: tuple[str, str]):
+    def __init__(self, out: Any):
         self.out = out
-        self.done_key, self.total_key = keys
         self.t0 = 0.0
         self.last_draw = 0.0
         self.drawn = False
 
-    def update(self, now: float, status: dict[str, Any], info: dict[str, Any], final: bool = False) -> None:
+    def update(self, now: float, done: int, total: int, final: bool = False) -> None:
         """Redraw (at most every 0.2 s); ``final``: the run is complete, draw it whole."""
         if now - self.last_draw < 0.2 and not final:
             return
-        done = int(status.get(self.done_key, 0) or 0)
-        total = int(info.get(self.total_key, 0) or 0)
         if final and total:
-            done = total  # the heartbeat that reports the last items may not have come yet
+            done = total  # the report of the last bars may not have come yet
         if not done:
             return
         if not self.t0:

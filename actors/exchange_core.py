@@ -1,0 +1,709 @@
+"""The paper exchange's logic without transport: order entry and risk, the fill model,
+accounting, the ledger, fills.csv/trades.csv and a backtest's results.
+
+Calls in, replies back, events out, no sockets, no threads, no timers:
+
+- requests: ``submit``, ``cancel``, ``cancel_all``, ``flatten``, ``query`` return the
+  reply; ``settle()`` after a submit's reply was delivered fills what fills at once
+  (``fill_on = "close"``: the client sees its order id before the fill);
+- operator commands: ``command(cmd, args)`` (pause, resume, halt, unhalt, flatten,
+  stop-and-close, cancel-all) returns the answer or raises ``Refused``;
+- market data: ``on_bar``, ``on_tick``, ``end_of_data``;
+- events: ``emit(msg)`` gets every Fill, OrderUpdate and AccountUpdate in the order they
+  happen, each after the ledger committed what it reports;
+- the caller's timers: ``publish_marks`` (an AccountUpdate when marks changed since the
+  last one), ``maybe_export``.
+
+Two callers drive this same code: the paper-exchange actor (actors/exchange.py) decodes
+requests, calls these and publishes what comes out; the in-process backtest kernel
+(actors/kernel.py) calls them between the feed and the strategy host. So there is one
+matching, one accounting, one ledger, whichever kernel runs a backtest.
+
+Fill model (documented rules):
+- Every order is whole: no partial fills, volume is not a constraint.
+- An order can only fill on market data processed *after* accepting it (the callers
+  feed pending market data in before each request); in a backtest an order decided on
+  bar f (``decision_bar``) may fill from bar f + 1 on, never on the bar that produced it.
+- Bars: market orders fill at the open of the next bar (``fill_on = "next_open"``)
+  or, with ``fill_on = "close"``, at once at the close of the last bar seen for the
+  symbol (at the next bar's close if none was seen yet).
+  Buy limit L fills if low <= L at min(open, L); sell limit if high >= L at
+  max(open, L). Buy stop S triggers if high >= S, fills at max(open, S); sell stop
+  if low <= S at min(open, S): the limit/stop price, or the open on a gap through it.
+- Ticks are bars with open = high = low = close = the tick price.
+- Slippage (``slippage_bps``) moves market and stop fill prices against the trader,
+  rounded outwards to the tick size. Commission per fill:
+  max(commission_min, commission_pct * qty * price * multiplier + commission_per_unit * qty).
+- IOC: fills on the next market-data event of its symbol, else is cancelled then.
+- DAY: expires (status "expired") when the first event of a later UTC day (by
+  market timestamp) arrives for its symbol, before that event can fill it, and at
+  end of data. IOC orders still pending at end of data are cancelled.
+- Flatten cancels the open orders of the symbols concerned and sends a market
+  order closing each position; it is allowed while paused or halted (it only
+  reduces risk). Pause rejects new orders ("paused"), halt cancels every open
+  order and rejects new ones ("halted"); both flags persist in the ledger, so a
+  restarted exchange stays paused/halted. "resume" clears a pause but never a
+  halt (it is refused while halted); only "unhalt" lifts the kill switch, and
+  leaves trading paused until a "resume". "stop-and-close" pauses and flattens.
+  The flags (and "flattening": flatten orders still open) ride on every
+  AccountUpdate and QueryReply, and an AccountUpdate goes out on each change.
+
+Risk checks on submit: max open orders; worst-case position (position + open orders on
+the same side + this order) within max_position; order notional (qty * price *
+multiplier, market orders at the last price if one is known) within max_order_notional.
+
+Query returns every position (flat ones too, with their realized PnL), the open orders
+and the account.
+
+Memory holds what can still change: open orders, positions, the account. Closed orders
+are in the ledger (a retried or cancelled client order id is looked up there), fills.csv
+and trades.csv are written from the ledger's fills as they are read, and a backtest's
+equity curve goes to a scratch file (actors/results.py), so a long run costs disk, not
+memory. In a backtest the ledger commits thousands of writes at a time
+(``Ledger.group_commits``): a backtest that dies is run again, never resumed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+import time
+from array import array
+from typing import Any, Callable
+
+import msgspec
+
+from actors import exports, report
+from actors.accounting import Account, RoundTrip
+from actors.ledger import Ledger
+from actors.results import EquitySeries
+from bus.messages import (
+    AccountInfo, AccountUpdate, CancelReply, EndOfData, Fill, Instrument, OrderAck, OrderInfo, OrderReject,
+    OrderUpdate, PositionInfo, QueryReply, SubmitOrder,
+)
+
+DAY_NS = 86_400 * 10**9
+OPEN = ("new", "partially-filled")
+
+
+class Refused(Exception):
+    """An operator command the exchange refuses; the message says why (an error reply)."""
+
+
+class ExchangeCore:
+    """One exchange's books. ``cfg`` is the ``[exchange]`` config table (bus: config.ExchangeCfg).
+
+    ``ledger`` has been started (``Ledger.start_run``); the books are rebuilt from it
+    here. ``out_dir`` receives fills.csv and trades.csv (and a backtest's results).
+    ``backtest``: orders decided on bar f fill from f + 1 on, the account goes out on the
+    caller's timer rather than per fill, and an equity row is kept per bar timestamp.
+    ``wall_clock``: market data is stamped with the wall clock (the live synthetic feed),
+    so a fill is never stamped before its order.
+    """
+
+    def __init__(self, cfg: Any, instruments: list[Instrument], ledger: Ledger, *, out_dir: str,
+                 emit: Callable[[Any], None], log: Any, backtest: bool = False, wall_clock: bool = False,
+                 now_ns: Callable[[], int] = time.time_ns):
+        self.cfg = cfg
+        self.instruments: dict[str, Instrument] = {i.symbol: i for i in instruments}
+        self.ledger = ledger
+        self.out_dir = out_dir
+        self.emit = emit
+        self.log = log
+        self.backtest = backtest
+        self.wall_clock = wall_clock
+        self.now_ns = now_ns
+        self.slip = cfg.slippage_bps / 10_000.0
+        self.paused = self.halted = False
+        self.flattening: set[int] = set()  # open flatten orders of the exchange's own
+        self.open: dict[int, OrderInfo] = {}  # open orders by id (closed ones are only in the ledger)
+        self.open_cl: dict[str, int] = {}  # client order id -> id, open orders
+        self.book: dict[str, list[int]] = {}  # symbol -> open order ids, oldest first
+        self.open_qty: dict[tuple[str, str], int] = {}  # (symbol, side) -> open quantity
+        self.day_of: dict[int, int] = {}  # DAY order -> UTC day it belongs to
+        self.eligible: dict[int, int] = {}  # backtest: open order id -> first fseq it may fill on
+        self.decision_bar = 0  # backtest: the bar (fseq) orders arriving now were decided on
+        self.last_px: dict[str, float] = {}
+        self.last_ts: dict[str, int] = {}
+        self.n_prices = 0  # bars/ticks priced (status: shows trading keeps pace with the feed)
+        self.marks_dirty = False
+        self.export_dirty = False
+        self.last_export = 0.0
+        self._at_close: list[OrderInfo] = []  # accepted, to fill at once after the ack (settle)
+        self.exported = False  # fills.csv/trades.csv written by this process
+        # The account keeps no round trips: trades.csv is made from the ledger's fills,
+        # and the summary needs only each trip's net PnL and each fill's fee.
+        self.acct = Account(float(ledger.meta("initial_cash")), keep_trips=False)
+        self.trip_nets = array("d")
+        self.fill_fees = array("d")
+        self._held: list[Any] = []  # the account's positions, for the equity of every bar
+        self._units = 0  # position units for the exposure figure (net, or gross over several symbols)
+        self.series: EquitySeries | None = None
+        if backtest:
+            # One row per bar timestamp, in bounded memory (a scratch file in out_dir).
+            self.series = EquitySeries(os.path.join(out_dir, ".equity.bin"))
+        self._rebuild()
+        if backtest:
+            ledger.group_commits()
+
+    def _rebuild(self) -> None:
+        """Replay the ledger: fills through the accounting, open orders back into the book."""
+        led = self.ledger
+        self.paused = led.meta("paused") == "1"
+        self.halted = led.meta("halted") == "1"
+        for r in led.iter_fills():
+            res = self.acct.apply_fill(r["symbol"], r["side"], r["qty"], r["price"], r["fee"], r["ts"],
+                                       r["multiplier"])
+            self._booked(res.trips, r["fee"])
+        for sym, row in led.positions().items():
+            p = self.acct.positions.get(sym)
+            got = p.qty if p else 0
+            if got != row["qty"]:
+                # Cannot happen when fills and positions commit together; fills are the truth.
+                self.log.error("ledger positions table disagrees with the fills; using the fills",
+                               symbol=sym, table=row["qty"], fills=got)
+        for r in led.open_orders():
+            o = OrderInfo(order_id=r["order_id"], cl_id=r["cl_id"], symbol=r["symbol"], side=r["side"], qty=r["qty"],
+                          filled=r["filled"], order_type=r["order_type"], price=r["price"], tif=r["tif"],
+                          status=r["status"], ts=r["ts"])
+            self._book_add(o)
+            if r["reason"] == "flatten":
+                self.flattening.add(o.order_id)
+            if o.tif == "DAY" and r["day"] is not None:
+                self.day_of[o.order_id] = r["day"]
+        self.next_oid, self.next_fid = led.next_ids()
+        if self.acct.n_fills or self.next_oid > 1:
+            self.log.info("ledger resumed", previous_run_id=led.previous_run_id, fills=self.acct.n_fills,
+                          orders=self.n_orders, open_orders=self.n_open, cash=round(self.acct.cash, 2),
+                          positions={s: p.qty for s, p in self.acct.positions.items() if p.qty})
+
+    @property
+    def n_orders(self) -> int:
+        """Orders in the ledger (ids are given out 1, 2, 3...)."""
+        return self.next_oid - 1
+
+    @property
+    def n_open(self) -> int:
+        return len(self.open)
+
+    # ------------------------------------------------------------ book helpers
+    def _book_add(self, o: OrderInfo) -> None:
+        self.open[o.order_id] = o
+        self.open_cl[o.cl_id] = o.order_id
+        self.book.setdefault(o.symbol, []).append(o.order_id)
+        k = (o.symbol, o.side)
+        self.open_qty[k] = self.open_qty.get(k, 0) + o.qty - o.filled
+
+    def _book_remove(self, o: OrderInfo, left: int) -> None:
+        del self.open[o.order_id]
+        del self.open_cl[o.cl_id]
+        self.book[o.symbol].remove(o.order_id)
+        self.open_qty[(o.symbol, o.side)] -= left
+        self.day_of.pop(o.order_id, None)
+        self.eligible.pop(o.order_id, None)
+        if o.order_id in self.flattening:
+            self.flattening.discard(o.order_id)
+            if not self.flattening:
+                self.marks_dirty = True  # the account update then says flattening is over
+
+    @staticmethod
+    def _fingerprint(o: OrderInfo) -> tuple:
+        return o.symbol, o.side, o.qty, o.order_type, o.price, o.tif
+
+    def _known(self, cl_id: str) -> tuple[int, tuple] | None:
+        """(order id, request fingerprint) of a client order id ever used here, open or not."""
+        oid = self.open_cl.get(cl_id)
+        if oid is not None:
+            return oid, self._fingerprint(self.open[oid])
+        r = self.ledger.order_by_cl(cl_id)
+        if r is None:
+            return None
+        return r["order_id"], (r["symbol"], r["side"], r["qty"], r["order_type"], r["price"], r["tif"])
+
+    # -------------------------------------------------------------- requests
+    @staticmethod
+    def _reject(m: SubmitOrder, code: str, text: str) -> OrderReject:
+        return OrderReject(cl_id=m.cl_id, code=code, text=text)
+
+    def submit(self, m: SubmitOrder) -> OrderAck | OrderReject:
+        """Risk-check and accept (ledger first) or reject; call ``settle()`` once the reply is out.
+
+        A client order id already used gets the original ack (same terms: a retry) or a
+        reject: checked in memory for open orders, and in the ledger (the cl_id UNIQUE
+        index) for the others only when it matters, on a reject or when the insert
+        finds it, so an order that is simply new costs no extra lookup."""
+        fp = (m.symbol, m.side, m.qty, m.order_type, m.price, m.tif)
+        oid = self.open_cl.get(m.cl_id)
+        if oid is not None:
+            return self._again(m, fp, (oid, self._fingerprint(self.open[oid])))
+        refusal = self._refusal(m)
+        if refusal is not None:
+            seen = self._known(m.cl_id)  # a retry is answered as one, whatever the state now
+            if seen is not None:
+                return self._again(m, fp, seen)
+            self.log.debug("order rejected", cl_id=m.cl_id, code=refusal.code, text=refusal.text)
+            return refusal
+        try:
+            o = self._accept(m.cl_id, m.symbol, m.side, m.qty, m.order_type, m.price, m.tif, "accepted")
+        except sqlite3.IntegrityError:
+            seen = self._known(m.cl_id)
+            if seen is None:
+                raise
+            return self._again(m, fp, seen)
+        if o.order_type == "market" and self.cfg.fill_on == "close" and o.symbol in self.last_px:
+            self._at_close.append(o)
+        return OrderAck(cl_id=m.cl_id, order_id=o.order_id)
+
+    def _again(self, m: SubmitOrder, fp: tuple, seen: tuple[int, tuple]) -> OrderAck | OrderReject:
+        """A client order id used before: the original ack for the same terms, else a reject."""
+        if seen[1] == fp:
+            return OrderAck(cl_id=m.cl_id, order_id=seen[0], duplicate=True)
+        return self._reject(m, "duplicate-client-order-id",
+                            f"client order id {m.cl_id!r} already used by order {seen[0]} with different terms")
+
+    def _refusal(self, m: SubmitOrder) -> OrderReject | None:
+        """The reject for the first rule a new order breaks, or None."""
+        if self.halted:
+            return self._reject(m, "halted", "trading halted (kill switch): no new orders")
+        if self.paused:
+            return self._reject(m, "paused", "trading paused: no new orders (cancels are accepted)")
+        inst = self.instruments.get(m.symbol)
+        if inst is None:
+            return self._reject(m, "unknown-instrument", f"unknown instrument {m.symbol!r}")
+        if m.order_type == "market":
+            if m.price is not None:
+                return self._reject(m, "bad-request", "a market order takes no price")
+        elif m.price is None:
+            return self._reject(m, "bad-request", f"a {m.order_type} order needs a price")
+        if m.qty % inst.lot_size:
+            return self._reject(m, "bad-lot-size", f"qty {m.qty} is not a multiple of the lot size {inst.lot_size}")
+        if m.price is not None:
+            steps = m.price / inst.tick_size
+            if abs(steps - round(steps)) > 1e-6:  # tolerance for binary floats like 0.1
+                return self._reject(m, "bad-tick-size", f"price {m.price} is not on the tick size {inst.tick_size}")
+        cfg = self.cfg
+        if self.n_open >= cfg.max_open_orders:
+            return self._reject(m, "risk-limit", f"max open orders {cfg.max_open_orders} reached")
+        pos = self.acct.position(m.symbol)
+        if m.side == "buy":
+            worst = pos + self.open_qty.get((m.symbol, "buy"), 0) + m.qty
+        else:
+            worst = pos - self.open_qty.get((m.symbol, "sell"), 0) - m.qty
+        if abs(worst) > cfg.max_position:
+            return self._reject(m, "risk-limit",
+                                f"position could reach {worst}, beyond max_position {cfg.max_position}")
+        ref = m.price if m.price is not None else self.last_px.get(m.symbol)
+        if ref is not None:
+            notional = m.qty * ref * inst.multiplier
+            if notional > cfg.max_order_notional:
+                return self._reject(m, "risk-limit", f"order notional {notional:.2f} exceeds "
+                                                     f"max_order_notional {cfg.max_order_notional}")
+        return None
+
+    def settle(self) -> None:
+        """Fill the market orders that fill at once (``fill_on = "close"``), after their ack."""
+        while self._at_close:
+            o = self._at_close.pop(0)
+            if o.order_id in self.open:
+                self._fill(o, self._slipped(o, self.last_px[o.symbol]), self.last_ts[o.symbol])
+
+    def _accept(self, cl_id: str, symbol: str, side: str, qty: int, order_type: str, price: float | None, tif: str,
+                reason: str) -> OrderInfo:
+        o = OrderInfo(order_id=self.next_oid, cl_id=cl_id, symbol=symbol, side=side,  # type: ignore[arg-type]
+                      qty=qty, order_type=order_type, price=price, tif=tif,  # type: ignore[arg-type]
+                      status="new", ts=self.now_ns())
+        day = None
+        if tif == "DAY" and symbol in self.last_ts:
+            day = self.last_ts[symbol] // DAY_NS
+        self.ledger.insert_order(o, day, reason)  # committed before the ack goes out
+        self.next_oid += 1
+        self._book_add(o)
+        if reason == "flatten":
+            self.flattening.add(o.order_id)
+            self.marks_dirty = True  # subscribers learn it is flattening
+        if day is not None:
+            self.day_of[o.order_id] = day
+        if self.backtest:
+            self.eligible[o.order_id] = self.decision_bar + 1
+        self._publish_order(o, reason)
+        return o
+
+    def cancel(self, cl_id: str) -> CancelReply | OrderReject:
+        oid = self.open_cl.get(cl_id)
+        if oid is None:
+            if self.ledger.order_by_cl(cl_id) is None:
+                return OrderReject(cl_id=cl_id, code="unknown-order", text=f"no order with client order id {cl_id!r}")
+            return CancelReply(cancelled=[])  # already done: a retried cancel is harmless
+        self._close_orders([self.open[oid]], "cancelled", "cancel")
+        return CancelReply(cancelled=[oid])
+
+    def cancel_all(self, symbol: str = "") -> CancelReply:
+        return CancelReply(cancelled=self._cancel_where(symbol, "cancel-all"))
+
+    def _cancel_where(self, symbol: str, reason: str) -> list[int]:
+        syms = [symbol] if symbol else list(self.book)
+        victims = [self.open[oid] for s in syms for oid in self.book.get(s, ())]
+        self._close_orders(victims, "cancelled", reason)
+        return [o.order_id for o in victims]
+
+    def _close_orders(self, orders: list[OrderInfo], status: str, reason: str) -> None:
+        """Cancel/expire orders: one ledger transaction, then the updates."""
+        if not orders:
+            return
+        self.ledger.update_orders([(o.order_id, status, o.filled, reason) for o in orders])
+        for o in orders:
+            left = o.qty - o.filled
+            o.status = status  # type: ignore[assignment]
+            self._book_remove(o, left)
+            self._publish_order(o, reason)
+
+    def flatten(self, symbol: str = "") -> CancelReply:
+        """Cancel the open orders of ``symbol`` (every symbol: "") and close its positions at market."""
+        cancelled = self._cancel_where(symbol, "flatten")
+        for sym, p in list(self.acct.positions.items()):
+            if p.qty == 0 or (symbol and sym != symbol):
+                continue
+            cl_id = f"flatten-{self.next_oid}"
+            while self._known(cl_id) is not None:  # a client may have used the name already
+                cl_id += "-x"
+            o = self._accept(cl_id, sym, "sell" if p.qty > 0 else "buy", abs(p.qty), "market",
+                             None, "GTC", "flatten")
+            if self.cfg.fill_on == "close" and sym in self.last_px:
+                self._fill(o, self._slipped(o, self.last_px[sym]), self.last_ts[sym])
+        return CancelReply(cancelled=cancelled)
+
+    def query(self, what: str = "all") -> QueryReply:
+        r = QueryReply(paused=self.paused, halted=self.halted, flattening=bool(self.flattening))
+        if what in ("all", "positions"):
+            r.positions = self._positions()
+        if what in ("all", "orders"):
+            r.orders = [self.open[oid] for ids in self.book.values() for oid in ids]
+        if what in ("all", "account"):
+            r.account = self._account_info()
+        return r
+
+    # ------------------------------------------------------------ market data
+    def on_bar(self, bar: Any) -> None:
+        self._on_price(bar.symbol, bar.ts, bar.open, bar.high, bar.low, bar.close, bar.fseq)
+
+    def on_tick(self, tick: Any) -> None:
+        p = tick.price
+        self._on_price(tick.symbol, tick.ts, p, p, p, p, tick.fseq)
+
+    def on_bars(self, bars: list[Any]) -> None:
+        """Bars in order, as ``on_bar`` of each, with less work for a symbol that has no open
+        order (most bars): its equity row is made from the bar's close, and its mark and last
+        price are set once, at the end of the batch or before an order of any symbol is
+        matched. The equity sums the same products in the same order as on_bar's, so the
+        rows are the same floats. For a caller that has the bars of a batch before it must
+        answer anything (the actor kernel; the in-process kernel takes turns per bar)."""
+        book, series, held = self.book, self.series, self._held
+        pending: dict[str, Any] = {}  # symbol -> its last bar not yet marked
+        quiet = 0  # bars that took the short way
+        for b in bars:
+            sym = b.symbol
+            if book.get(sym):
+                self._mark_pending(pending)
+                self._on_price(sym, b.ts, b.open, b.high, b.low, b.close, b.fseq)
+                held = self._held  # a fill may have opened a position
+                continue
+            pending[sym] = b
+            quiet += 1
+            if series is not None:
+                mv = 0
+                for p in held:
+                    q = pending.get(p.symbol)
+                    mv += p.qty * (q.close if q is not None else p.mark) * p.multiplier
+                series.record(b.ts, self.acct.cash + mv, self._units)
+        self._mark_pending(pending)
+        self.n_prices += quiet
+
+    def _mark_pending(self, pending: dict[str, Any]) -> None:
+        for sym, b in pending.items():
+            self.last_px[sym] = b.close
+            self.last_ts[sym] = b.ts
+            if self.acct.mark(sym, b.close):
+                self.marks_dirty = True
+        pending.clear()
+
+    def _on_price(self, sym: str, ts: int, op: float, hi: float, lo: float, cl: float, fseq: int = 0) -> None:
+        ids = self.book.get(sym)
+        if ids:
+            day = ts // DAY_NS
+            expired = []
+            for oid in ids:
+                o = self.open[oid]
+                if o.tif == "DAY":
+                    d = self.day_of.get(oid)
+                    if d is None:
+                        self.day_of[oid] = day
+                        self.ledger.set_order_day(oid, day)
+                    elif day > d:
+                        expired.append(o)
+            # Expire first: a DAY order must not fill on a later day's data.
+            self._close_orders(expired, "expired", "day order expired")
+            ioc_missed = []
+            eligible = self.eligible
+            for oid in list(ids):
+                if eligible and eligible.get(oid, 0) > fseq:
+                    continue  # backtest: decided on this bar or later, may not fill on it
+                o = self.open[oid]
+                px = self._match(o, op, hi, lo, cl)
+                if px is not None:
+                    self._fill(o, px, ts)
+                elif o.tif == "IOC":
+                    ioc_missed.append(o)
+            self._close_orders(ioc_missed, "cancelled", "ioc not filled on the next market data")
+        self.n_prices += 1
+        self.last_px[sym] = cl
+        self.last_ts[sym] = ts
+        if self.acct.mark(sym, cl):
+            self.marks_dirty = True
+        if self.series is not None:
+            # equity = cash + each position's qty * mark * multiplier, summed in the
+            # account's order (Account.equity, without its per-bar call overhead)
+            mv = 0
+            for p in self._held:
+                mv += p.qty * p.mark * p.multiplier
+            self.series.record(ts, self.acct.cash + mv, self._units)
+
+    def _match(self, o: OrderInfo, op: float, hi: float, lo: float, cl: float) -> float | None:
+        t = o.order_type
+        buy = o.side == "buy"
+        if t == "market":
+            return self._slipped(o, cl if self.cfg.fill_on == "close" else op)
+        lim = o.price
+        assert lim is not None
+        if t == "limit":
+            if buy:
+                return min(op, lim) if lo <= lim else None
+            return max(op, lim) if hi >= lim else None
+        if buy:
+            return self._slipped(o, max(op, lim)) if hi >= lim else None
+        return self._slipped(o, min(op, lim)) if lo <= lim else None
+
+    def _slipped(self, o: OrderInfo, px: float) -> float:
+        if not self.slip:
+            return px
+        inst = self.instruments.get(o.symbol)
+        tick = inst.tick_size if inst else 0.0
+        if o.side == "buy":
+            px *= 1.0 + self.slip
+            if tick:
+                px = math.ceil(px / tick - 1e-9) * tick
+        else:
+            px *= 1.0 - self.slip
+            if tick:
+                px = max(1, math.floor(px / tick + 1e-9)) * tick
+        return round(px, 10)
+
+    def end_of_data(self, m: EndOfData) -> tuple[int, int]:
+        """Expire DAY and cancel IOC orders, publish the account, export; (expired, cancelled)."""
+        days = [self.open[oid] for ids in self.book.values() for oid in ids if self.open[oid].tif == "DAY"]
+        iocs = [self.open[oid] for ids in self.book.values() for oid in ids if self.open[oid].tif == "IOC"]
+        self._close_orders(days, "expired", "day order expired at end of data")
+        self._close_orders(iocs, "cancelled", "ioc not filled before end of data")
+        self.log.info("end of data", feed=m.feed, count=m.count, expired=len(days), cancelled=len(iocs))
+        self.ledger.flush()
+        self.publish_account()
+        self.export()
+        return len(days), len(iocs)
+
+    # ------------------------------------------------------------------ fills
+    def _booked(self, trips: list[RoundTrip], fee: float) -> None:
+        """What the summary and the equity curve need of a fill the account took."""
+        self.trip_nets.extend(t.net for t in trips)
+        self.fill_fees.append(fee)
+        held = self._held = list(self.acct.positions.values())
+        if len(held) <= 1:
+            self._units = sum(p.qty for p in held)
+        else:  # several instruments: gross units, for exposure time
+            self._units = sum(abs(p.qty) for p in held)
+
+    def _commission(self, qty: int, px: float, mult: float) -> float:
+        cfg = self.cfg
+        return max(cfg.commission_min, cfg.commission_pct * qty * px * mult + cfg.commission_per_unit * qty)
+
+    def _fill(self, o: OrderInfo, px: float, ts: int) -> None:
+        if self.wall_clock and ts < o.ts:
+            # Live bars carry the wall-clock start of their interval: a next-open fill
+            # would be stamped a moment before the order it fills. Never before it.
+            ts = o.ts
+        p = self.acct.positions.get(o.symbol)
+        inst = self.instruments.get(o.symbol)
+        mult = p.multiplier if p is not None else (inst.multiplier if inst else 1.0)
+        qty = o.qty - o.filled
+        fee = self._commission(qty, px, mult)
+        res = self.acct.apply_fill(o.symbol, o.side, qty, px, fee, ts, mult)
+        p = self.acct.positions[o.symbol]
+        self._booked(res.trips, fee)
+        fid = self.next_fid
+        o.filled = o.qty
+        o.status = "filled"
+        # If this commit fails it is rolled back whole and nothing is published: the
+        # in-memory state is ahead of the ledger, so the exception ends the caller
+        # (a disk error, no restart) and the next start rebuilds from the ledger.
+        self.ledger.record_fill(
+            (fid, o.order_id, o.cl_id, o.symbol, o.side, qty, px, fee, ts, mult, res.position, res.realized),
+            (o.order_id, "filled", o.filled, "filled"),
+            (o.symbol, p.qty, p.avg_price, p.realized, p.fees),
+        )
+        self.next_fid += 1
+        self._book_remove(o, qty)
+        self.emit(Fill(fill_id=fid, order_id=o.order_id, cl_id=o.cl_id, symbol=o.symbol, side=o.side, qty=qty,
+                       price=px, fee=fee, ts=ts, position=res.position, realized=res.realized))
+        self._publish_order(o, "filled")
+        if self.backtest:
+            # Thousands of fills a second: the account goes out on the caller's
+            # timer (and at end of data), not once per fill.
+            self.marks_dirty = True
+        else:
+            self.publish_account(ts)
+        self.export_dirty = True
+        if self.cfg.export_every_ms == 0:
+            self.export()
+
+    # ------------------------------------------------------------- publishing
+    def _publish_order(self, o: OrderInfo, reason: str) -> None:
+        # A copy: the book goes on changing the order, and an in-process receiver holds
+        # the update until later (the actor's copy is the encoded bytes).
+        self.emit(OrderUpdate(order=msgspec.structs.replace(o), reason=reason))
+
+    def _account_info(self) -> AccountInfo:
+        a = self.acct
+        return AccountInfo(cash=a.cash, equity=a.equity, initial_cash=a.initial_cash, realized=a.realized,
+                           unrealized=a.unrealized, fees=a.fees, gross_exposure=a.gross_exposure)
+
+    def _positions(self) -> list[PositionInfo]:
+        return [PositionInfo(symbol=p.symbol, qty=p.qty, avg_price=p.avg_price, mark=p.mark, realized=p.realized,
+                             unrealized=p.unrealized, fees=p.fees) for p in self.acct.positions.values()]
+
+    def publish_account(self, ts: int = 0) -> None:
+        self.marks_dirty = False
+        self.emit(AccountUpdate(account=self._account_info(), positions=self._positions(), ts=ts or self.now_ns(),
+                                paused=self.paused, halted=self.halted, flattening=bool(self.flattening)))
+
+    def publish_marks(self) -> None:
+        if self.marks_dirty:
+            self.publish_account()
+
+    # ----------------------------------------------------------------- export
+    def maybe_export(self) -> None:
+        if self.export_dirty and time.monotonic() - self.last_export >= self.cfg.export_every_ms / 1000.0:
+            self.export()
+
+    def export(self) -> None:
+        """fills.csv and trades.csv, from the ledger's fills as they are read (actors/exports.py)."""
+        self.export_dirty = False
+        self.last_export = time.monotonic()
+        self.exported = True
+        exports.write_fills_csv(os.path.join(self.out_dir, "fills.csv"), self.ledger, self.decimals)
+        exports.write_trades_csv(os.path.join(self.out_dir, "trades.csv"), self.ledger, self.decimals,
+                                 self.acct.initial_cash)
+
+    def decimals(self, symbol: str) -> tuple[int, int]:
+        """(price decimals, money decimals) of an instrument: report.decimals of its tick size."""
+        inst = self.instruments.get(symbol)
+        return report.decimals(inst.tick_size if inst is not None else 0.01)
+
+    # ---------------------------------------------------------------- results
+    def write_results(self, title: str, rows_skipped: int = 0) -> tuple[str, dict[str, Any]]:
+        """A backtest's equity.csv, summary.json and report.png; (text summary, summary).
+        Reads only the equity series and the arrays of trip nets and fill fees, never the
+        ledger, so it may run on another thread while the caller's loop goes on."""
+        series = self.series
+        if series is None or not len(series):
+            return "no bars", {}
+        money = max((self.decimals(sym)[1] for sym in self.instruments), default=2)
+        summary = report.write_results_series(self.out_dir, series, self.trip_nets, self.fill_fees, title=title,
+                                              log=self.log, money_decimals=money,
+                                              # Replay rows dropped for bad values: in the results, not only a log.
+                                              extra={"rows_skipped": rows_skipped})
+        series.close()
+        text = report.format_text_summary(summary)
+        if rows_skipped:
+            text += f"\ndata          {rows_skipped} rows skipped (bad values; see the market-data warning)"
+        return text, summary
+
+    # --------------------------------------------------------------- control
+    def _set_flags(self, **flags: bool) -> None:
+        """Persist first (a restarted exchange resumes what the operator set), then
+        tell every subscriber at once: the state view and the strategy follow it."""
+        self.ledger.set_flags(**flags)
+        for k, v in flags.items():
+            setattr(self, k, v)
+        self.publish_account()
+
+    def command(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
+        """An operator's command (see the module docstring); Refused names why it is refused."""
+        if cmd == "pause":
+            self._set_flags(paused=True)
+        elif cmd == "resume":
+            if self.halted:
+                raise Refused("trading is halted (kill switch): resume does not lift a halt; "
+                              "`ctl unhalt` does (trading then stays paused until `ctl resume`)")
+            self._set_flags(paused=False)
+        elif cmd == "halt":
+            self._set_flags(halted=True)
+            n = self._cancel_where("", "halt")
+            self.log.warning("halted (kill switch)", cancelled=len(n))
+            return {"halted": True, "cancelled": n}
+        elif cmd == "unhalt":
+            if not self.halted:
+                raise Refused("trading is not halted: there is no halt to lift")
+            # Lifting the kill switch does not start trading: that takes a resume.
+            self._set_flags(halted=False, paused=True)
+            self.log.warning("halt lifted (kill switch off); trading stays paused until resume")
+            return {"halted": False, "paused": True,
+                    "message": "halt lifted; trading stays paused until `ctl resume`"}
+        elif cmd in ("flatten", "stop-and-close"):
+            sym = args.get("symbol", "")
+            if not isinstance(sym, str):
+                raise Refused(f"{cmd}: symbol must be a string")
+            if cmd == "stop-and-close":
+                self._set_flags(paused=True)
+            cancelled = self.flatten(sym).cancelled
+            self.log.info("command", cmd=cmd, cancelled=len(cancelled), flattening=len(self.flattening))
+            self.publish_account()
+            return {"cancelled": cancelled, "open_orders": self.n_open, "paused": self.paused,
+                    "flattening": bool(self.flattening)}
+        elif cmd == "cancel-all":
+            # Every open order but the exchange's own flatten orders: what a
+            # disabled strategy left behind (its positions are kept).
+            why = args.get("reason", "cancel-all")
+            if not isinstance(why, str) or not why:
+                raise Refused("cancel-all: reason must be a non-empty string")
+            victims = [self.open[oid] for ids in self.book.values() for oid in ids if oid not in self.flattening]
+            self._close_orders(victims, "cancelled", why)
+            self.log.info("command", cmd=cmd, cancelled=len(victims), reason=why)
+            return {"cancelled": [o.order_id for o in victims],
+                    "message": f"cancelled {len(victims)} open order(s)"}
+        else:
+            raise Refused(f"paper-exchange does not handle command {cmd!r} "
+                          "(pause, resume, halt, unhalt, flatten, stop-and-close, cancel-all)")
+        self.log.info("command", cmd=cmd, paused=self.paused, halted=self.halted)
+        return {"paused": self.paused, "halted": self.halted}
+
+    def status(self) -> dict[str, Any]:
+        return {"orders": self.n_orders, "fills": self.acct.n_fills, "bars": self.n_prices,
+                "open_orders": self.n_open,
+                "paused": self.paused, "halted": self.halted, "flattening": bool(self.flattening),
+                "equity": round(self.acct.equity, 2),
+                "previous_run_id": self.ledger.previous_run_id}
+
+    def close(self) -> None:
+        """An ordered stop: export (unless nothing changed since the last), record the run's
+        end and equity, close the ledger."""
+        try:
+            try:
+                if self.export_dirty or not self.exported:
+                    self.export()
+            except (OSError, sqlite3.Error) as e:
+                self.log.error("final export failed", error=str(e))
+            self.ledger.end_run(self.acct.equity)  # a disk error here is the caller's (exit on it)
+        finally:
+            self.ledger.close()
+            if self.series is not None:
+                self.series.close()
+
