@@ -25,6 +25,15 @@ def run_dir():
 
 
 @pytest.fixture
+def data_dir(run_dir):
+    """Data files beside the run directory (not in it: a backtest directory holds only runs)."""
+    d = run_dir + "-data"
+    os.makedirs(d)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
 def procs(run_dir):
     """Spawn processes through this; any survivor fails the test after being killed.
 

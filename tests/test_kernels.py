@@ -66,15 +66,6 @@ def write_generated(path, n, seed=11):
                   "volume": rng.integers(100, 10_000, n)}).to_csv(path, index=False, float_format="%.2f")
 
 
-@pytest.fixture
-def data_dir(run_dir):
-    d = run_dir + "-data"
-    os.makedirs(d)
-    yield d
-    import shutil
-    shutil.rmtree(d, ignore_errors=True)
-
-
 def gen_sets(data_dir, n):
     path = os.path.join(data_dir, f"gen{n}.csv")
     write_generated(path, n)

@@ -5,7 +5,6 @@ import csv
 import json
 import math
 import os
-import shutil
 
 import pytest
 
@@ -48,15 +47,6 @@ def backtest(procs, run_dir, data, *sets):
                             ok=False)
     finally:
         os.unlink(inst)
-
-
-@pytest.fixture
-def data_dir(run_dir):
-    """Data files beside the run directory (not in it: a backtest dir holds only runs)."""
-    d = run_dir + "-data"
-    os.makedirs(d)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def latest(run_dir):
