@@ -36,8 +36,6 @@ a second Ctrl+C stops at once.
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import os
 import signal
 import sys
@@ -45,13 +43,13 @@ import time
 from typing import Any, Callable
 
 import config as config_mod
-from actors import rundir
 from actors.base import UserError, exit_reason
 from actors.exchange import open_ledger
 from actors.exchange_core import ExchangeCore
 from actors.feeds import ReplayFeed, load_instruments
 from actors.progress_bar import ProgressBar
 from actors.strategy_host import StrategyHost
+from actors.supervision.runfiles import RunRecord
 from bus import log as logmod
 from bus.faults import disk_error
 from bus.fileio import atomic_write
@@ -311,25 +309,17 @@ def _chunked(it: Any, n: int) -> Any:
 
 
 # ------------------------------------------------------------------ the run
-def _write_run_record(run_dir: str, rec: dict[str, Any]) -> None:
-    atomic_write(os.path.join(run_dir, rundir.RUN_JSON), json.dumps(rec, indent=2).encode())
-
-
 def run(cfg: config_mod.Config, run_dir: str, run_id: str, config_path: str) -> int:
     """One in-process backtest in ``run_dir`` (made, locked and linked by the caller);
     returns the exit code, having printed the summary or the reason it failed."""
     log = logmod.setup(run_dir, "supervisor", run_id, cfg.service.log_level, console=True)
-    since = dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    record = {"run_id": run_id, "previous_run_id": None, "pid": os.getpid(), "since": since,
-              "mode": cfg.service.mode, "kernel": "inprocess"}
+    # The same run files as the supervisor's (actors/supervision/runfiles.py), marked with the kernel.
+    record = RunRecord(run_dir, run_id, cfg.service.mode, config_path, extra={"kernel": "inprocess"})
     code, reason, text = EXIT_OK, "", ""
     bt: Backtest | None = None
     try:
         atomic_write(os.path.join(run_dir, "config.json"), config_mod.to_json_bytes(cfg))
-        _write_run_record(run_dir, record)
-        rundir.append_history(run_dir, {"run_id": run_id, "previous_run_id": None, "mode": cfg.service.mode,
-                                        "start": since, "pid": os.getpid(), "config": config_path,
-                                        "kernel": "inprocess"})
+        record.started()
     except OSError as e:
         print(f"supervisor: cannot use run directory {run_dir}: {disk_error(e) or e}", file=sys.stderr)
         return EXIT_FAIL
@@ -389,9 +379,7 @@ def run(cfg: config_mod.Config, run_dir: str, run_id: str, config_path: str) -> 
     log.info("supervisor exiting", exit_code=code, reason=reason, run_s=round(time.monotonic() - t0, 4),
              **({"peak_rss_kb": peak} if (peak := _peak_rss_kb()) else {}))
     try:
-        ended = dt.datetime.now().astimezone().isoformat(timespec="seconds")
-        _write_run_record(run_dir, {**record, "ended": ended, "exit_code": code, "reason": reason})
-        rundir.append_history(run_dir, {"run_id": run_id, "end": ended, "exit_code": code, "reason": reason})
+        record.ended(code, reason)
     except OSError as e:  # the run is over either way; the next start just sees it as unclean
         log.error("cannot record the end of the run", error=str(e))
     if code:

@@ -99,8 +99,9 @@ def read_previous_run(run_dir: str) -> dict:
 class RunRecord:
     """This run in run.json (replaced atomically) and runs.jsonl (appended): its start, then its end."""
 
-    def __init__(self, run_dir: str, run_id: str, mode: str, config_path: str):
+    def __init__(self, run_dir: str, run_id: str, mode: str, config_path: str, extra: dict[str, Any] | None = None):
         self.run_dir, self.run_id, self.mode, self.config_path = run_dir, run_id, mode, config_path
+        self.extra = dict(extra or {})  # e.g. {"kernel": "inprocess"}: in run.json and the start line
         self.since = now_iso()
         # A record without "ended" means that supervisor died (SIGKILL, OOM, power): its
         # actors died with it (PDEATHSIG), and this run resumes from the ledger.
@@ -110,14 +111,14 @@ class RunRecord:
 
     def write(self, **extra: Any) -> None:
         rec = {"run_id": self.run_id, "previous_run_id": self.previous_run_id, "pid": os.getpid(),
-               "since": self.since, "mode": self.mode, **extra}
+               "since": self.since, "mode": self.mode, **self.extra, **extra}
         atomic_write(os.path.join(self.run_dir, RUN_NAME), json.dumps(rec, indent=2).encode())
 
     def started(self) -> None:
         self.write()
         rundir.append_history(self.run_dir, {"run_id": self.run_id, "previous_run_id": self.previous_run_id,
                                              "mode": self.mode, "start": self.since, "pid": os.getpid(),
-                                             "config": self.config_path})
+                                             "config": self.config_path, **self.extra})
 
     def ended(self, exit_code: int, reason: str) -> None:
         """Raises OSError (a full or read-only disk): the caller logs it; the next start sees an unclean end."""
