@@ -38,8 +38,12 @@ DEFAULT_CONFIG = "config/default.toml"
 BACKTEST_CONFIG = "config/backtest.toml"
 
 
-def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.01) -> Any:
-    """Poll ``pred`` until truthy (returned) or the deadline passes (AssertionError naming ``what``)."""
+def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.01,
+             step: Callable[[], Any] | None = None) -> Any:
+    """Poll ``pred`` until truthy (returned) or the deadline passes (AssertionError naming ``what``).
+
+    ``step``: what to do between polls instead of sleeping ``interval`` (e.g. pump a socket
+    with a short timeout: the wait then is on the socket)."""
     deadline = time.monotonic() + timeout
     while True:
         v = pred()
@@ -47,8 +51,11 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float
             return v
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        # Nothing in particular to block on: callers that can wait on a socket or a pipe do so instead.
-        time.sleep(interval)
+        if step is not None:
+            step()
+        else:
+            # Nothing in particular to block on: callers that can wait on a socket or a pipe do so instead.
+            time.sleep(interval)
 
 
 # ---------------------------------------------------------------------- /proc

@@ -25,7 +25,7 @@ from bus.clone_client import CloneClient
 from bus.codec import ProtocolError, Stamper
 from bus.fileio import atomic_write
 from bus.sockets import Endpoints, open_port, topic_for
-from tests.harness import PY, ROOT, FakeSupervisor, actor_cmd
+from tests.harness import PY, ROOT, FakeSupervisor, actor_cmd, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -125,16 +125,12 @@ class System:
 
     def until(self, pred, timeout: float, what: str, step: list[CloneClient] | None = None):
         """Keep the supervisor heartbeating and the clients stepping until ``pred()``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            v = pred()
-            if v:
-                return v
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        def pump() -> None:
             self.sup.pump(0.005)
             for c in (self.clients if step is None else step):
                 c.step(0.005)
+
+        return wait_for(pred, timeout, what, step=pump)
 
     def idle_and_equal(self, a: CloneClient, b: CloneClient) -> bool:
         """Both clients saw a heartbeat for the seq they are at: the stream is idle there."""
