@@ -30,7 +30,7 @@ exit codes and last line as under the actor kernel: 2 and ``supervisor: config e
 ``supervisor: <component> failed during the backtest: <exception> (at file:line in fn)``
 for a bug, 1 and ``supervisor: paper-exchange: disk error: ...`` for a full or
 read-only disk. Components are named as the actors they replace. Ctrl+C (or SIGTERM)
-stops at the next bar, exports what was traded and exits 0, as the actor kernel does;
+stops at the end of the batch of bars it is in, exports what was traded and exits 0, as the actor kernel does;
 a second Ctrl+C stops at once.
 """
 
@@ -253,9 +253,7 @@ class Backtest:
                 done = batch[-1].fseq
                 if self.progress is not None:
                     self.progress.update(time.monotonic(), done, total)
-        except Failed:
-            raise
-        except Exception as e:
+        except Exception as e:  # Failed is a BaseException: it passes through as it is
             raise Failed(component_of(e, "strategy"), e, "during the backtest") from None
         if self.stop is not None:
             self.log.info("backtest stopped", reason=self.stop, bars=done)
@@ -265,8 +263,6 @@ class Backtest:
         try:
             ex.end_of_data(eod)
             deliver()
-        except Failed:
-            raise
         except Exception as e:
             raise Failed(component_of(e, "paper-exchange"), e, "during the backtest") from None
         if self.progress is not None:
@@ -324,15 +320,14 @@ def run(cfg: config_mod.Config, run_dir: str, run_id: str, config_path: str) -> 
         print(f"supervisor: cannot use run directory {run_dir}: {disk_error(e) or e}", file=sys.stderr)
         return EXIT_FAIL
     log.info("supervisor started", run_dir=run_dir, config=config_path, kernel="inprocess", pid=os.getpid())
-    presses = 0
+    presses: list[str] = []  # the signals received, by name
 
     def on_signal(signum: int, _frame: Any) -> None:
-        nonlocal presses
-        presses += 1
-        if presses > 1:
+        presses.append(signal.Signals(signum).name)
+        if len(presses) > 1:
             raise KeyboardInterrupt  # the second one: at once, wherever it is
         if bt is not None:
-            bt.stop = signal.Signals(signum).name
+            bt.stop = presses[0]
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     prof_dir = os.environ.get("PAPERBUS_PROFILE")
@@ -346,8 +341,8 @@ def run(cfg: config_mod.Config, run_dir: str, run_id: str, config_path: str) -> 
         try:
             bt = Backtest(cfg, run_dir, run_id, log)
             bt.start()
-            if presses:
-                bt.stop = "SIGINT"
+            if presses:  # a signal during start: stop before the first batch
+                bt.stop = presses[0]
             if sys.stderr.isatty():
                 bt.progress = ProgressBar(sys.stderr)
             text, summary = bt.run()

@@ -30,11 +30,6 @@ class ActorState(StrEnum):
         """The name ``ActorEvent`` carries for this state."""
         return _EVENT[self]
 
-    @property
-    def alive(self) -> bool:
-        """States in which the actor has a process."""
-        return self in ALIVE
-
 
 # What subscribers (state-publisher, monitors) see: the order is the wire enum's.
 EVENT_STATES = ("starting", "ready", "running", "stopping", "stopped", "exited", "restarting", "failed")
@@ -53,8 +48,6 @@ _EVENT = {
 }
 assert set(_EVENT) == set(ActorState) and set(_EVENT.values()) == set(EVENT_STATES)
 
-ALIVE = frozenset({ActorState.LOADING, ActorState.LOADED, ActorState.STARTING, ActorState.READY,
-                   ActorState.RUNNING, ActorState.STOPPING})
 # Where an exit leads (the restart policy decides which): restarted later, down for good, failed.
 _EXIT = frozenset({ActorState.BACKOFF, ActorState.EXITED, ActorState.FAILED})
 

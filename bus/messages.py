@@ -288,7 +288,7 @@ REJECT_CODES: dict[str, str] = {
     "risk-limit": "max_open_orders, max_position (position + open orders on that side + this order) "
                   "or max_order_notional would be exceeded",
     "paused": "trading is paused (`ctl pause`): no new orders; cancels are accepted",
-    "halted": "the kill switch is on (`ctl halt`): no new orders until `ctl resume`",
+    "halted": "the kill switch is on (`ctl halt`): no new orders until `ctl unhalt` (then `ctl resume`)",
     "duplicate-client-order-id": "cl_id was already used, for an order with different terms "
                                  "(the same terms again get an ack with duplicate = true)",
     "unknown-order": "cancel: no order has this cl_id",

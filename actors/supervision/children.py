@@ -198,7 +198,7 @@ class Children(dict[str, Child]):
         elif d.why in (Why.START_FAILED, Why.BACKTEST):
             cause = self.exit_cause(c)
             if d.why == Why.START_FAILED:
-                tail = process.stderr_tail(sup.run_dir, c.name)
+                tail = process.stderr_tail(sup.run_dir, c.name, c.proc.stderr_at if c.proc else 0)
                 sup.log.error("actor exited before READY", **log, reason=cause, next="abort start",
                               **({"stderr_tail": tail} if tail else {}))
             else:

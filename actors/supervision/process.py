@@ -88,10 +88,6 @@ class ActorProcess:
             except ProcessLookupError:
                 pass
 
-    def describe(self) -> str:
-        return describe_exit(self.returncode or 0)
-
-
 def exit_cause(run_dir: str, name: str, proc: ActorProcess | None, init_error: str = "") -> str:
     """The actor's own one-line reason for exiting, or "".
 
@@ -120,11 +116,13 @@ def exit_cause(run_dir: str, name: str, proc: ActorProcess | None, init_error: s
     return last[len(name) + 2:] if last.startswith(f"{name}: ") else last  # main() prefixes its name
 
 
-def stderr_tail(run_dir: str, name: str, n: int = 2000) -> str:
+def stderr_tail(run_dir: str, name: str, since: int = 0, n: int = 2000) -> str:
+    """The last ``n`` bytes of the actor's stderr file written after offset ``since`` (the file
+    is kept across restarts and runs: an earlier process's output is not this one's)."""
     try:
         with open(stderr_path(run_dir, name), "rb") as f:
             f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - n))
+            f.seek(max(since, f.tell() - n))
             return f.read().decode(errors="replace")
     except OSError:
         return ""

@@ -23,7 +23,7 @@ from bus.sockets import ensure_run_dir
 
 LOCK_NAME = "supervisor.lock"
 ENDPOINTS_NAME = "endpoints.json"
-RUN_NAME = "run.json"  # this run's id and the one it follows; "ended" once it shut down in order
+RUN_NAME = rundir.RUN_JSON  # this run's id and the one it follows; "ended" once it shut down in order
 
 
 class AlreadyRunning(Exception):
@@ -88,12 +88,8 @@ def lock_holder(run_dir: str) -> dict | None:
 
 def read_previous_run(run_dir: str) -> dict:
     """The run record the last supervisor in this directory left, or {} (first run / unreadable)."""
-    try:
-        with open(os.path.join(run_dir, RUN_NAME), "rb") as f:
-            rec = json.loads(f.read())
-        return rec if isinstance(rec, dict) and isinstance(rec.get("run_id"), str) else {}
-    except (OSError, ValueError):
-        return {}
+    rec = rundir.read_json(os.path.join(run_dir, RUN_NAME))
+    return rec if isinstance(rec.get("run_id"), str) else {}
 
 
 class RunRecord:
