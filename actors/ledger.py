@@ -93,7 +93,8 @@ INSERT_FILL = f"INSERT INTO fills({', '.join(FILL_COLS)}) VALUES ({', '.join('?'
 
 
 class _Kept(Exception):
-    """txn(): a statement failed on a constraint inside a group transaction, which stays."""
+    """txn(): an order insert failed on a constraint inside a group transaction, which stays;
+    ``args[0]`` is SQLite's own error."""
 
 
 class LedgerModeError(RuntimeError):
@@ -145,10 +146,15 @@ class Ledger:
                 inject(point, self.path)  # the test hook fails the group as a full disk would
                 try:
                     yield self.db
-                except sqlite3.IntegrityError:
-                    # A constraint (a reused cl_id) aborted that statement only; the
-                    # group's earlier writes stand and its transaction goes on.
-                    raise _Kept from None
+                except sqlite3.IntegrityError as e:
+                    # A constraint (a reused cl_id) aborted that statement only. An order
+                    # insert is one statement, so nothing of it stays: the group's earlier
+                    # writes stand and its transaction goes on. A write of several
+                    # statements (a fill, its order, its position) could leave a part, so
+                    # there it is an error like any other: the whole group is rolled back.
+                    if point != "ledger.order":
+                        raise
+                    raise _Kept(e) from None
                 self._pending += 1
                 if self._pending >= GROUP_WRITES:
                     self._pending = 0
@@ -158,8 +164,8 @@ class Ledger:
             yield self.db
             inject(point, self.path)
             self.db.execute("COMMIT")
-        except _Kept:
-            raise sqlite3.IntegrityError("UNIQUE constraint failed") from None
+        except _Kept as k:
+            raise k.args[0] from None
         except BaseException as e:
             if self.db.in_transaction:
                 try:
