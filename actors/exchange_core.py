@@ -512,7 +512,10 @@ class ExchangeCore:
 
     # ------------------------------------------------------------------ fills
     def _booked(self, trips: list[RoundTrip], fee: float) -> None:
-        """What the summary and the equity curve need of a fill the account took."""
+        """What the summary and the equity curve need of a fill the account took (a backtest's
+        results: a live exchange has neither, and its fills would only grow these arrays)."""
+        if self.series is None:
+            return
         self.trip_nets.extend(t.net for t in trips)
         self.fill_fees.append(fee)
         held = self._held = list(self.acct.positions.values())

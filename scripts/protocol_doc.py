@@ -125,7 +125,7 @@ VIEW_FIELDS: dict[str, tuple[str, str]] = {
     "performance.peak_equity": ("float", "highest equity seen"),
     "performance.sharpe": ("float or null", "annualised Sharpe ratio of equity samples; null with fewer than 2 "
                                             "returns or no variance"),
-    "performance.samples": ("int", "equity samples (one per market time step)"),
+    "performance.samples": ("int", "equity samples (one per market time step, at most one a minute of market time)"),
     "performance.trades": ("int", "closing fills (realized != 0)"),
     "performance.wins": ("int", "closing fills with realized > 0"),
     "performance.losses": ("int", "closing fills with realized <= 0"),
