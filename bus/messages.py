@@ -14,8 +14,9 @@ of an enumerated field -- bumps SCHEMA_VERSION. tests/test_protocol_evolution.py
 checks the catalogue against the frozen schema of the current version.
 
 Number rule:
-- quantities (order qty, fill qty, positions, lot sizes, volumes) are ``int``:
+- quantities (order qty, fill qty, positions, lot sizes) are ``int``:
   whole units of the instrument, so sums of fills equal positions exactly;
+  volumes and quote sizes are ``float``;
 - prices and money (cash, PnL, fees) are ``float``, always finite; prices are > 0.
   Finite-ness is enforced by the types below, so NaN/inf never decode.
 - timestamps are ``int`` nanoseconds since the Unix epoch (UTC).
@@ -31,7 +32,9 @@ from msgspec import Meta, Struct
 from .actor_states import EVENT_STATES
 
 # 2: receivers ignore unknown fields (1 rejected them); submit.order_type is required.
-SCHEMA_VERSION = 2
+# 3: symbols may hold "/" (BTC/USDT); volumes are numbers, not integers; instrument kinds
+#    crypto, fx, perpetual; currency up to 8 letters (USDT); quote and feed-status on md.
+SCHEMA_VERSION = 3
 
 # --- constrained scalar types -------------------------------------------------
 # Meta(gt, lt) rejects NaN as well as inf: every comparison with NaN is false.
@@ -39,7 +42,8 @@ Price = Annotated[float, Meta(gt=0.0, lt=1e12)]
 Money = Annotated[float, Meta(gt=-1e15, lt=1e15)]
 Qty = Annotated[int, Meta(gt=0, lt=10**12)]  # strictly positive order/fill quantity
 SignedQty = Annotated[int, Meta(gt=-(10**12), lt=10**12)]
-Symbol = Annotated[str, Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9._:\-]+$")]
+Volume = Annotated[float, Meta(ge=0.0, lt=1e18)]  # traded or quoted size, finite
+Symbol = Annotated[str, Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9._:/\-]+$")]
 ShortStr = Annotated[str, Meta(max_length=256)]
 Text = Annotated[str, Meta(max_length=4096)]
 Ident = Annotated[str, Meta(min_length=1, max_length=64)]
@@ -181,19 +185,35 @@ ControlMsg = Union[CtlRequest, CtlReply]
 # Channel "md": market-data PUB (topics md.bar.<SYM>, md.tick.<SYM>, md.eod)
 #               and market-data ROUTER "md.ref" (instrument master, history)
 # =============================================================================
+# Instrument.kind -> what it is (rendered into docs/PROTOCOL.md).
+INSTRUMENT_KINDS: dict[str, str] = {
+    "equity": "a share; whole units by default",
+    "future": "a dated future; multiplier is the contract size",
+    "option": "an option on `underlying`: strike, expiry (YYYY-MM-DD), right C or P",
+    "crypto": "crypto spot (BTC/USDT): base bought for `currency`, fractional steps",
+    "fx": "a currency pair (EUR/USD): base bought for `currency`",
+    "perpetual": "a perpetual swap; multiplier is the contract size",
+}
+InstrumentKind = Literal[tuple(INSTRUMENT_KINDS)]  # type: ignore[valid-type]
+
+
 class Instrument(Struct, kw_only=True):
     """An entry of the instrument master."""
 
     symbol: Symbol
-    kind: Literal["equity", "future", "option"]
-    tick_size: Price
-    lot_size: Qty = 1
-    multiplier: Price = 1.0
-    currency: Annotated[str, Meta(min_length=3, max_length=3)] = "USD"
+    kind: InstrumentKind
+    tick_size: Price  # price step
+    lot_size: Qty = 1  # quantity step: every order qty is a multiple (0.001 for BTC/USDT)
+    multiplier: Price = 1.0  # contract size: value of one unit = price * multiplier
+    currency: Annotated[str, Meta(min_length=3, max_length=8)] = "USD"  # quote / settlement currency
     underlying: str = ""
     strike: float = 0.0
     expiry: str = ""
     right: Literal["", "C", "P"] = ""
+    min_qty: Annotated[float, Meta(ge=0.0, lt=1e12)] = 0.0  # smallest order qty (0 = one step)
+    min_notional: Annotated[float, Meta(ge=0.0, lt=1e15)] = 0.0  # smallest qty * price * multiplier of an order
+    base: Annotated[str, Meta(max_length=16)] = ""  # crypto / fx: the asset bought (BTC of BTC/USDT)
+    venue_symbol: Annotated[str, Meta(max_length=64)] = ""  # the venue's own id (BTCUSDT), "" = symbol
 
 
 class Bar(_Base, **_tag("bar")):
@@ -203,7 +223,7 @@ class Bar(_Base, **_tag("bar")):
     high: Price
     low: Price
     close: Price
-    volume: Annotated[int, Meta(ge=0)] = 0
+    volume: Volume = 0
     fseq: Annotated[int, Meta(ge=0)] = 0  # the feed's sequence number, from 1
     # (the bars of one synthetic time step share it)
 
@@ -212,8 +232,41 @@ class Tick(_Base, **_tag("tick")):
     symbol: Symbol
     ts: Nanos
     price: Price
-    size: Annotated[int, Meta(ge=0)] = 0
+    size: Volume = 0
     fseq: Annotated[int, Meta(ge=0)] = 0
+
+
+class Quote(_Base, **_tag("quote")):
+    """Best bid and offer, on ``md.quote.<SYM>``. With quotes the exchange fills market
+    buys at the ask and sells at the bid; a crossed quote (bid >= ask) fills nothing."""
+
+    symbol: Symbol
+    ts: Nanos  # venue time of the quote
+    bid: Price
+    ask: Price
+    bid_size: Volume = 0
+    ask_size: Volume = 0
+    fseq: Annotated[int, Meta(ge=0)] = 0
+
+
+# feed-status.state -> what it means (rendered into docs/PROTOCOL.md).
+FEED_STATES: dict[str, str] = {
+    "ok": "data arrives; the exchange fills against it",
+    "stale": "nothing arrived for stale_after_s: the exchange fills nothing on this feed's prices",
+    "reconnecting": "the connection dropped; the adapter reconnects with backoff (prices are stale)",
+}
+
+
+class FeedStatus(_Base, **_tag("feed-status")):
+    """The live feed's health, on ``md.status``: on every change and every heartbeat of
+    market-data's own (so a late subscriber learns it). Replays are always ok."""
+
+    feed: ShortStr  # feed name (synthetic, replay, ccxt:binance, a plugin's name)
+    state: Literal[tuple(FEED_STATES)]  # type: ignore[valid-type]
+    since: Nanos = 0  # when it entered this state, ns
+    last_data: Nanos = 0  # arrival time of the last message from the venue, ns (0 = none yet)
+    detail: Text = ""  # the venue's error or the reason, for a human
+    symbols: list[Symbol] = []  # stale symbols ([] with state stale = all of them)
 
 
 class BarBatch(_Base, **_tag("bar-batch")):
@@ -267,7 +320,7 @@ class MdError(_Base, **_tag("md-error")):
 
 
 MdMsg = Union[
-    Bar, Tick, BarBatch, EndOfData, InstrumentsRequest, InstrumentsReply, HistoryRequest, HistoryReply, Progress,
+    Bar, Tick, Quote, FeedStatus, BarBatch, EndOfData, InstrumentsRequest, InstrumentsReply, HistoryRequest, HistoryReply, Progress,
     MdError,
 ]
 
@@ -283,7 +336,7 @@ OrderStatus = Literal["new", "partially-filled", "filled", "cancelled", "rejecte
 # reject.code -> when the exchange sends it (rendered into docs/PROTOCOL.md).
 REJECT_CODES: dict[str, str] = {
     "unknown-instrument": "the symbol is not in the instrument master",
-    "bad-lot-size": "qty is not a multiple of the instrument's lot_size",
+    "bad-lot-size": "qty is not a multiple of the instrument's lot_size (its quantity step)",
     "bad-tick-size": "price is not a multiple of the instrument's tick_size",
     "risk-limit": "max_open_orders, max_position (position + open orders on that side + this order) "
                   "or max_order_notional would be exceeded",

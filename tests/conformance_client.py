@@ -21,7 +21,7 @@ import msgpack
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-V = 2  # the schema version this client was written for
+V = 3  # the schema version this client was written for
 ME = f"conformance-{os.getpid()}"
 BIG = 1 << 53
 

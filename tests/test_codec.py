@@ -38,6 +38,8 @@ SAMPLES = {
     m.CtlReply: m.CtlReply(id="q", ok=True, data={"actors": {}}),
     m.Bar: BAR,
     m.Tick: m.Tick(symbol="GOOG", ts=5, price=10.25, size=3, fseq=1),
+    m.Quote: m.Quote(symbol="BTC/USDT", ts=5, bid=64000.1, ask=64000.2, bid_size=0.5, ask_size=1.25, fseq=2),
+    m.FeedStatus: m.FeedStatus(feed="ccxt:binance", state="stale", since=7, last_data=5, detail="no data for 10 s"),
     m.BarBatch: m.BarBatch(bars=[BAR, BAR]),
     m.EndOfData: m.EndOfData(feed="replay", count=2148, last_fseq=2148),
     m.InstrumentsRequest: m.InstrumentsRequest(),
