@@ -604,6 +604,23 @@ class TrialBacktest(kernel.Backtest):
         return {"plugin": host.spec}
 
 
+def trial_task(config: dict, overrides: dict[str, Any], pack: DataPack, window: tuple[int, int] | None
+               ) -> dict[str, Any]:
+    """What a sweep's worker runs: ``run_trial`` with its time and outcome as a value.
+    The trial's own failure (bad params, a plugin that raised) is a result, ``error``,
+    not an exception: a retry would fail the same way. Anything else (the worker
+    died, a bug) raises, and Dask runs the trial again elsewhere."""
+    import time
+
+    t0 = time.perf_counter()
+    try:
+        summary = run_trial(config, overrides, pack, window=window)
+    except (TrialError, config_mod.ConfigError) as e:
+        return {"error": str(e), "duration_s": round(time.perf_counter() - t0, 6)}
+    return {"metrics": {k: v for k, v in summary.items() if k in OBJECTIVES or k in TABLE_METRICS},
+            "duration_s": round(time.perf_counter() - t0, 6)}
+
+
 def objective_value(summary: dict[str, Any], objective: str) -> float | None:
     """The objective's number, or None when the backtest cannot define it (no trade:
     no Sharpe)."""
@@ -625,6 +642,10 @@ def write_table(rows: list[dict[str, Any]], columns: list[str], csv_path: str, p
     from bus.fileio import atomic_write
 
     df = pd.DataFrame(rows, columns=columns)
+    for c in columns:  # integers stay integers beside missing values (an infeasible trial has no trades)
+        vals = [r.get(c) for r in rows if r.get(c) is not None]
+        if vals and all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+            df[c] = df[c].astype("Int64")
     atomic_write(csv_path, df.to_csv(index=False).encode())
     tmp = parquet_path + ".tmp"
     df.to_parquet(tmp, index=False)
