@@ -241,6 +241,8 @@ class Runner:
         self.progress = progress
         self.done = 0  # trials finished in this sweep, all studies (for the progress bar)
         self.total = 0
+        self.first_submit = self.last_tell = 0.0  # the trials' wall time (best.json "timing")
+        self.durations: list[float] = []  # each trial's backtest on its worker, s
 
     def sampler(self, seed: int) -> Any:
         s = self.optuna.samplers
@@ -252,6 +254,8 @@ class Runner:
         return s.TPESampler(seed=seed)
 
     def submit(self, name: str, number: int, params: dict[str, Any], window: tuple[int, int] | None) -> Any:
+        if not self.first_submit:
+            self.first_submit = time.monotonic()
         return self.client.submit(sc.trial_task, self.plan.doc, self.space.overrides(params), self.data, window,
                                   key=f"{name}-trial-{number}-{time.time_ns()}", retries=self.plan.args.retries,
                                   pure=False)
@@ -303,6 +307,7 @@ class Runner:
             for fut in done:
                 number, trial_id = pending.pop(fut)
                 self.tell(study, number, trial_id, fut)
+                self.last_tell = time.monotonic()
                 ran += 1
                 self.done += 1
                 if self.progress is not None:
@@ -321,6 +326,8 @@ class Runner:
         for k in ("metrics", "duration_s", "error"):
             if r.get(k) is not None:
                 trial.set_user_attr(k, r[k])
+        if r.get("duration_s") is not None:
+            self.durations.append(r["duration_s"])
         value = sc.objective_value(r.get("metrics") or {}, self.space.objective) if not r.get("error") else None
         if value is None:
             if not r.get("error"):
@@ -402,6 +409,12 @@ def write_outputs(plan: Plan, runner: Runner, studies: list[Any]) -> dict[str, A
                      pd.DataFrame(fold_rows, columns=cols).to_csv(index=False).encode())
         oos = [r["out_of_sample"] for r in fold_rows if r.get("out_of_sample") is not None]
         out.update({"folds": fold_rows, "out_of_sample_mean": sum(oos) / len(oos) if oos else None})
+    n = len(runner.durations)
+    wall = runner.last_tell - runner.first_submit
+    # This run's trials only (a resumed sweep's earlier ones are not timed): scripts/bench.py --sweep reads it.
+    out["timing"] = {"trials": n, "workers": n_workers(runner.client), "trials_wall_s": round(wall, 4),
+                     "trials_per_s": round(n / wall, 3) if n and wall > 0 else None,
+                     "backtest_mean_s": round(sum(runner.durations) / n, 6) if n else None}
     atomic_write(os.path.join(d, "best.json"), json.dumps(out, indent=1, default=str).encode())
     return out
 
