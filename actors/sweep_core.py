@@ -4,7 +4,7 @@ folds, the objective, one trial (an in-process backtest) and the results table.
 scripts/sweep.py is the thin driver that asks Optuna for points and runs ``run_trial`` on
 Dask workers; everything it decides is here, so it is tested without a cluster.
 
-The space file (TOML; config/sweep-sma.toml is one)::
+The space file (TOML; config/sweeps/sma.toml is one)::
 
     [search]
     sampler = "grid"            # grid | random | tpe

@@ -1,7 +1,7 @@
 """Parameter sweeps on Dask: Optuna asks for points, Dask workers run each as one
 in-process backtest (actors/sweep_core.py run_trial), Optuna is told the result.
 
-    python scripts/sweep.py --config config/backtest.toml --space config/sweep-sma.toml
+    python scripts/sweep.py --config config/backtest.toml --space config/sweeps/sma.toml
     python scripts/sweep.py ... --scheduler tcp://10.0.0.5:8786     (a running Dask cluster)
     python scripts/sweep.py ... --walk-forward 3                    (out-of-sample check)
 
@@ -77,7 +77,7 @@ class Busy(Exception):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="sweep.py", description="parameter sweep of backtests on Dask (Optuna)")
     ap.add_argument("--config", required=True, help="backtest config (e.g. config/backtest.toml)")
-    ap.add_argument("--space", required=True, help="space file (TOML; e.g. config/sweep-sma.toml)")
+    ap.add_argument("--space", required=True, help="space file (TOML; e.g. config/sweeps/sma.toml)")
     ap.add_argument("--trials", type=int, default=None, help="trials to run (default: the space's search.trials)")
     ap.add_argument("--objective", default=None, help="summary.json figure to optimise (default: the space's)")
     ap.add_argument("--direction", choices=("maximize", "minimize"), default=None,
