@@ -611,8 +611,8 @@ class ExchangeCore:
         return report.decimals(inst.tick_size if inst is not None else 0.01)
 
     # ---------------------------------------------------------------- results
-    def write_results(self, title: str, rows_skipped: int = 0) -> tuple[str, dict[str, Any]]:
-        """A backtest's equity.csv, summary.json and report.png; (text summary, summary).
+    def write_results(self, title: str, rows_skipped: int = 0, png: bool = True) -> tuple[str, dict[str, Any]]:
+        """A backtest's equity.csv, summary.json and report.png (unless not ``png``); (text summary, summary).
         Reads only the equity series and the arrays of trip nets and fill fees, never the
         ledger, so it may run on another thread while the caller's loop goes on."""
         series = self.series
@@ -622,7 +622,7 @@ class ExchangeCore:
         summary = report.write_results_series(self.out_dir, series, self.trip_nets, self.fill_fees, title=title,
                                               log=self.log, money_decimals=money,
                                               # Replay rows dropped for bad values: in the results, not only a log.
-                                              extra={"rows_skipped": rows_skipped})
+                                              extra={"rows_skipped": rows_skipped}, png=png)
         series.close()
         text = report.format_text_summary(summary)
         if rows_skipped:

@@ -116,6 +116,7 @@ class Backtest:
         self.progress: ProgressBar | None = None
         self.ex: ExchangeCore | None = None
         self.host: StrategyHost | None = None
+        self.png = True  # report.png at the end (a sweep's trials skip it: scripts/sweep.py)
 
     def start(self) -> None:
         """The components in the actors' start order, each started once the one before is ready."""
@@ -269,7 +270,8 @@ class Backtest:
             self.progress.update(time.monotonic(), done, total, final=True)
             self.progress.close()
         try:
-            text, summary = ex.write_results(title=f"paperbus backtest {self.run_id}", rows_skipped=eod.rows_skipped)
+            text, summary = ex.write_results(title=f"paperbus backtest {self.run_id}", rows_skipped=eod.rows_skipped,
+                                             png=self.png)
         except Exception as e:
             raise Failed("paper-exchange", e, "writing the results") from None
         self.log.info("backtest finished", bars=summary.get("bars"), fills=summary.get("fills"),

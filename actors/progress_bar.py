@@ -12,8 +12,9 @@ from typing import Any
 
 
 class ProgressBar:
-    def __init__(self, out: Any):
+    def __init__(self, out: Any, unit: str = "bars"):
         self.out = out
+        self.unit = unit  # what is counted: a backtest's bars, a sweep's trials (scripts/sweep.py)
         self.t0 = 0.0
         self.last_draw = 0.0
         self.drawn = False
@@ -34,9 +35,10 @@ class ProgressBar:
             frac = min(done / total, 1.0)
             bar = "#" * int(frac * 30)
             eta = (total - done) / rate if rate > 0 else 0.0
-            line = f"[{bar:<30}] {done:,}/{total:,} bars  {rate:,.0f} bars/s  {eta:,.1f}s left"
+            u = self.unit
+            line = f"[{bar:<30}] {done:,}/{total:,} {u}  {rate:,.{0 if rate >= 10 else 2}f} {u}/s  {eta:,.1f}s left"
         else:
-            line = f"{done:,} bars  {rate:,.0f} bars/s"
+            line = f"{done:,} {self.unit}  {rate:,.0f} {self.unit}/s"
         self.out.write("\r" + line + "\x1b[K")
         self.out.flush()
         self.drawn = True

@@ -738,16 +738,19 @@ def write_results_series(
     money_decimals: int = 2,
     extra: dict[str, Any] | None = None,
     with_positions: bool = True,
+    png: bool = True,
 ) -> dict[str, Any]:
     """equity.csv, summary.json and report.png in ``run_dir`` from a series (``len()`` rows);
     returns the summary as written (money rounded to ``money_decimals``, see ``rounded``),
-    with ``extra`` keys added."""
+    with ``extra`` keys added. ``png=False``: no report.png (a sweep's trials: drawing it
+    costs more than a short backtest)."""
     summary = rounded(summarize_series(series, nets, fees, exposure_known=with_positions,
                                        bars_per_year_override=bars_per_year_override), money_decimals)
     summary.update(extra or {})
     write_equity_csv_series(os.path.join(run_dir, "equity.csv"), series, money_decimals, with_positions)
     write_summary_json(os.path.join(run_dir, "summary.json"), summary)
-    write_report_png_series(os.path.join(run_dir, "report.png"), series, len(series), title=title, log=log)
+    if png:
+        write_report_png_series(os.path.join(run_dir, "report.png"), series, len(series), title=title, log=log)
     return summary
 
 

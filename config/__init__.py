@@ -9,6 +9,7 @@ a bare string when it is not one.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -317,6 +318,14 @@ def actor_params(cfg: Config, name: str, params_type: type, where: str) -> Any:
 def load(path: str | os.PathLike | None = None, sets: list[str] | None = None) -> Config:
     """Load, apply overrides, validate. Raises ConfigError."""
     doc, where = load_raw(path)
+    return load_doc(doc, where, sets)
+
+
+def load_doc(doc: dict, where: str, sets: list[str] | None = None) -> Config:
+    """A config document already read (``load_raw``, or a Config's ``msgspec.to_builtins``
+    shipped to another process: a sweep's workers) with ``sets`` applied, validated;
+    ``where`` names it in errors. Raises ConfigError."""
+    doc = copy.deepcopy(doc)  # a deep copy: the overrides never change the caller's document
     parsed = [(item, *parse_set(item)) for item in sets or []]
     # --set strategy.plugin=X drops the file's params as a file over its base does;
     # --set strategy.params... (before or after it) then gives X its own.

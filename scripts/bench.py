@@ -428,6 +428,83 @@ def live_latency(n_bars: int, rate_hz: float) -> dict:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+SWEEP_SPACE = """
+[search]
+sampler = "random"
+trials = {trials}
+seed = 1
+objective = "sharpe"
+constraints = ["fast < slow"]
+
+[params.fast]
+type = "int"
+low = 2
+high = 30
+
+[params.slow]
+type = "int"
+low = 31
+high = 120
+"""
+
+
+def sweep_bench(quick: bool) -> int:
+    """Sweep throughput (scripts/sweep.py on a local Dask cluster): trials/s on 1 and 2
+    workers, and what a trial costs beyond its backtest (Optuna's ask/tell in SQLite,
+    Dask's scheduling), against the backtest alone and a supervisor.py process."""
+    n_bars, trials = (2_000, 20) if quick else (2_000, 200)
+    tmp = tempfile.mkdtemp(prefix="pbs-", dir="/tmp")
+    try:
+        from actors import sweep_core as sc
+        import config as config_mod
+
+        data, inst, _ = bench_data(n_bars, tmp)
+        sets = [f'market_data.path="{data}"', f'market_data.instruments="{inst}"', 'market_data.symbol="BENCH"']
+        space = os.path.join(tmp, "space.toml")
+        with open(space, "w") as f:
+            f.write(SWEEP_SPACE.format(trials=trials))
+        cfg = config_mod.load("config/backtest.toml", sets)
+        pack = sc.load_data(cfg)
+        doc = __import__("msgspec").to_builtins(cfg)
+        ov = {"strategy.params.fast": 10, "strategy.params.slow": 40}
+        sc.run_trial(doc, ov, pack)  # warm: imports, first bars made
+        reps = 10 if quick else 50
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            sc.run_trial(doc, ov, pack)
+        alone = (time.perf_counter() - t0) / reps
+        t0 = time.perf_counter()
+        code = subprocess.run([sys.executable, "supervisor.py", "--config", "config/backtest.toml", "--run-dir",
+                               os.path.join(tmp, "bt"), *sum((["--set", x] for x in sets), [])],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT).returncode
+        process = time.perf_counter() - t0
+        print(f"paperbus sweep bench{' --quick' if quick else ''}  (python {sys.version.split()[0]}, "
+              f"{os.cpu_count()} cpus; {trials} random trials of SmaCross fast/slow on {n_bars:,} generated bars)")
+        print(f"  one backtest in-process (run_trial, data in memory) {alone * 1000:8.1f} ms")
+        print(f"  one backtest as a process (supervisor.py, exit {code})    {process * 1000:8.1f} ms")
+        rates = {}
+        for workers in (1, 2):
+            out = os.path.join(tmp, f"sweep-{workers}")
+            r = subprocess.run([sys.executable, "scripts/sweep.py", "--config", "config/backtest.toml", "--space", space,
+                                "--dir", out, "--workers", str(workers), *sum((["--set", x] for x in sets), [])],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
+                               env={**os.environ, "TMPDIR": tmp})
+            if r.returncode:
+                print(f"  sweep on {workers} worker(s) failed: {r.stderr.decode()[-500:]}")
+                return 1
+            with open(os.path.join(out, "best.json")) as f:
+                t = json.load(f)["timing"]
+            rates[workers] = t["trials_per_s"]
+            per = t["trials_wall_s"] * workers / t["trials"]  # worker-seconds per trial
+            print(f"  sweep, {workers} worker(s): {t['trials_per_s']:8.2f} trials/s   per trial {per * 1000:6.1f} "
+                  f"worker-ms = backtest {t['backtest_mean_s'] * 1000:6.1f} ms + overhead "
+                  f"{(per - t['backtest_mean_s']) * 1000:6.1f} ms")
+        print(f"  2 workers / 1 worker: {rates[2] / rates[1]:.2f}x")
+        return 0
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="paperbus benchmarks (figures only)")
     ap.add_argument("--quick", action="store_true", help="small sizes, one round (runs in the test suite)")
@@ -435,8 +512,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bars", type=int, default=1_000_000, help="backtest bars (both kernels and backtesting.py)")
     ap.add_argument("--mem-bars", type=int, default=10_000_000,
                     help="bars of the file both kernels run for peak memory (0: skip)")
+    ap.add_argument("--sweep", action="store_true",
+                    help="only the parameter sweep figures (scripts/sweep.py: trials/s on 1 and 2 workers)")
     args = ap.parse_args(argv)
     quick = args.quick
+    if args.sweep:
+        return sweep_bench(quick)
     n_bars = 20_000 if quick else args.bars
     n_bt = 2_000 if quick else 50_000
     n_lat = 50 if quick else 1_000
