@@ -185,8 +185,9 @@ def claim_dir(plan: Plan) -> int:
 
 
 # ------------------------------------------------------------------- Dask
-def connect(args: argparse.Namespace) -> tuple[Any, Any]:
-    """(client, local cluster or None)."""
+def connect(args: argparse.Namespace, scratch: str) -> tuple[Any, Any]:
+    """(client, local cluster or None). A local cluster's workers keep their scratch files
+    in ``scratch`` (removed after the sweep), not in a dask-scratch-space left in /tmp."""
     from distributed import Client, LocalCluster
 
     if args.scheduler:
@@ -202,9 +203,12 @@ def connect(args: argparse.Namespace) -> tuple[Any, Any]:
                                f"(waited {WORKER_WAIT_S:.0f} s)") from None
         return client, None
     n = args.workers or os.cpu_count() or 1
+    import dask
+
+    dask.config.set({"temporary-directory": scratch})  # the scheduler's files too, not only the workers'
     # Processes, one thread each: a backtest is pure Python (one GIL per trial).
     cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                           silence_logs=logging.ERROR)
+                           silence_logs=logging.ERROR, local_directory=scratch)
     return Client(cluster), cluster
 
 
@@ -461,9 +465,10 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t0 = time.monotonic()
     client = cluster = None
+    scratch = os.path.join(plan.dir, ".dask-scratch")
     progress = ProgressBar(sys.stderr, unit="trials") if (args.progress or sys.stderr.isatty()) else None
     try:
-        client, cluster = connect(args)
+        client, cluster = connect(args, scratch)
         # The data, once per worker: every trial's task names this one future.
         data = client.scatter(plan.pack, broadcast=True)
         runner = Runner(plan, client, data, progress)
@@ -493,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
             client.close()
         if cluster is not None:
             cluster.close()
+        shutil.rmtree(scratch, ignore_errors=True)
         os.close(lock_fd)
 
 
