@@ -214,6 +214,9 @@ class Instrument(Struct, kw_only=True):
     min_notional: Annotated[float, Meta(ge=0.0, lt=1e15)] = 0.0  # smallest qty * price * multiplier of an order
     base: Annotated[str, Meta(max_length=16)] = ""  # crypto / fx: the asset bought (BTC of BTC/USDT)
     venue_symbol: Annotated[str, Meta(max_length=64)] = ""  # the venue's own id (BTCUSDT), "" = symbol
+    # options: what happens at expiry (actors/options.py): cash at intrinsic value, or
+    # delivery of the underlying at the strike (an in-the-money option)
+    settlement: Literal["cash", "physical"] = "cash"
 
 
 class Bar(_Base, **_tag("bar")):
@@ -460,7 +463,7 @@ class Fill(_Base, **_tag("fill")):
     symbol: Symbol
     side: Side
     qty: Qty
-    price: Price
+    price: Annotated[float, Meta(ge=0.0, lt=1e12)]  # > 0; 0 only for an option expiring worthless (reason expiry)
     fee: Money = 0.0
     ts: Nanos = 0  # market time of the fill
     position: SignedQty = 0  # position after this fill
