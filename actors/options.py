@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 from zoneinfo import ZoneInfo
 
+from actors.base import UserError
 from bus.messages import Instrument
 
 YEAR_NS = 365 * 86_400 * 10**9  # option time runs on 365-day years (the market convention)
@@ -49,6 +50,10 @@ INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 class OptionError(ValueError):
     """A bad input to a pricing or selection function; the message names the value."""
+
+
+class OptionsConfigError(UserError, OptionError):
+    """A bad ``[options]`` table: the run does not start (exit 2), naming the key."""
 
 
 def norm_cdf(x: float) -> float:
@@ -381,3 +386,57 @@ def synthetic_chain(underlyings: Iterable[Instrument], spot: float, strikes: int
 def expiry_dates(today: _dt.date, days: Iterable[int]) -> list[str]:
     """Expiry dates ``days`` calendar days after ``today`` (0: today, a same-day expiry)."""
     return [(today + _dt.timedelta(days=int(d))).isoformat() for d in days]
+
+
+# ------------------------------------------------------------------- config
+def expiry_tz(cfg: Any) -> str:
+    """The time zone of option expiry times: the session's, else UTC."""
+    return cfg.session.timezone if getattr(cfg, "session", None) is not None else "UTC"
+
+
+def chains_of(cfg: Any, instruments: Iterable[Instrument]) -> OptionChains:
+    """The option chains of a master under a whole config (``[options] expiry_time``)."""
+    try:
+        return OptionChains(instruments, cfg.options.expiry_time, expiry_tz(cfg))
+    except OptionError as e:
+        raise OptionsConfigError(f"options: {e}") from None
+
+
+def pricer_of(cfg: Any, chains: OptionChains) -> Pricer:
+    o = cfg.options
+    try:
+        smile = Smile(o.volatility, o.skew, o.curvature)
+    except OptionError as e:
+        raise OptionsConfigError(f"options: {e}") from None
+    return Pricer(chains, smile, rate=o.rate, spread_pct=o.spread_pct)
+
+
+def with_synthetic_chain(cfg: Any, instruments: list[Instrument], today: _dt.date) -> tuple[list[Instrument], int]:
+    """The synthetic master plus the option chain ``[options]`` asks for (expiries or
+    expiry_days; none: the master as it is), and the options mapped in all."""
+    o = cfg.options
+    base = [i for i in instruments]
+    mapped = sum(1 for i in base if i.kind == "option")
+    if not (o.expiries or o.expiry_days):
+        return base, mapped
+    known = {i.symbol: i for i in base}
+    names = o.underlyings or [i.symbol for i in base if i.kind != "option"]
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise OptionsConfigError(f"options.underlyings: {missing} not in the instrument master")
+    try:
+        parse_hhmm(o.expiry_time, "options.expiry_time")
+        exps = sorted(set(o.expiries) | set(expiry_dates(today, o.expiry_days)))
+        chain = synthetic_chain([known[n] for n in names], cfg.market_data.start_price, o.strikes, o.strike_step,
+                                exps, multiplier=o.multiplier, settlement=o.settlement)
+    except OptionError as e:
+        raise OptionsConfigError(str(e)) from None
+    clash = [c.symbol for c in chain if c.symbol in known]
+    if clash:
+        raise OptionsConfigError(f"options: generated symbols already in the master: {clash[:3]}")
+    return base + chain, mapped + len(chain)
+
+
+def today_in(cfg: Any, now_ns: int) -> _dt.date:
+    """Today's date where options expire (the session's time zone, else UTC)."""
+    return _dt.datetime.fromtimestamp(now_ns / 1e9, ZoneInfo(expiry_tz(cfg))).date()

@@ -350,6 +350,8 @@ REJECT_CODES: dict[str, str] = {
     "unknown-order": "cancel: no order has this cl_id",
     "bad-request": "the fields contradict each other: a market order with a price, "
                    "a limit or stop order without one",
+    "market-closed": "outside the trading session ([session]): closed or pre-open; at square-off "
+                     "only an order that reduces a position is taken",
 }
 RejectCode = Literal[tuple(REJECT_CODES)]  # type: ignore[valid-type]
 
@@ -484,6 +486,10 @@ ORDER_UPDATE_REASONS: dict[str, str] = {
     "ioc not filled on the next market data": "an IOC order did not fill on the next market data of its symbol "
                                               "(status cancelled)",
     "ioc not filled before end of data": "an IOC order still open at end of data (status cancelled)",
+    "square-off": "the session's square-off time ([session] square_off) cancelled it, or this is the market "
+                  "order closing a position then (cl_id square-off-N)",
+    "expiry": "its option expired: open orders are cancelled; or this is the order settling the position "
+              "(cl_id expiry-N, filled at the settlement price with no fee; 0 for a worthless option)",
 }
 
 
