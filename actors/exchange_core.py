@@ -393,12 +393,16 @@ class ExchangeCore:
         if self._timed:
             self.market_time(bar.ts)
         self._on_price(bar.symbol, bar.ts, bar.open, bar.high, bar.low, bar.close, bar.fseq)
+        if self.session is not None:
+            self.session_clock()
 
     def on_tick(self, tick: Any) -> None:
         if self._timed:
             self.market_time(tick.ts)
         p = tick.price
         self._on_price(tick.symbol, tick.ts, p, p, p, p, tick.fseq)
+        if self.session is not None:
+            self.session_clock()
 
     def on_bars(self, bars: list[Any]) -> None:
         """Bars in order, as ``on_bar`` of each, with less work for a symbol that has no open
@@ -421,15 +425,19 @@ class ExchangeCore:
                 self._mark_pending(pending)
                 self._on_price(sym, b.ts, b.open, b.high, b.low, b.close, b.fseq)
                 held = self._held  # a fill may have opened a position
-                continue
-            pending[sym] = b
-            quiet += 1
-            if series is not None:
-                mv = 0
-                for p in held:
-                    q = pending.get(p.symbol)
-                    mv += p.qty * (q.close if q is not None else p.mark) * p.multiplier
-                series.record(b.ts, self.acct.cash + mv, self._units)
+            else:
+                pending[sym] = b
+                quiet += 1
+                if series is not None:
+                    mv = 0
+                    for p in held:
+                        q = pending.get(p.symbol)
+                        mv += p.qty * (q.close if q is not None else p.mark) * p.multiplier
+                    series.record(b.ts, self.acct.cash + mv, self._units)
+            if timed and self.session is not None:
+                self._mark_pending(pending)  # a square-off at the close fills at this bar's price
+                self.session_clock()
+                held = self._held
         self._mark_pending(pending)
         self.n_prices += quiet
 
@@ -553,20 +561,24 @@ class ExchangeCore:
         return self.now_ns() if self.wall_clock else self._mkt_ts
 
     def market_time(self, ts: int) -> None:
-        """Market time reached ``ts`` (every price, and the live actor's timer): expire the
-        options due, then act on a change of session state (square-off flattens)."""
+        """Market time reached ``ts`` (before every price, and the live actor's timer): settle
+        the options whose expiry instant it passed, before the price can trade them."""
         if ts > self._mkt_ts:
             self._mkt_ts = ts
         exp = self._expiring
         while exp and exp[-1][0] <= ts:
             at, sym = exp.pop()
             self._settle(sym, at)
-        if self.session is not None:
-            st = self.session.state(self._now())
-            if st != self._session_state:
-                prev, self._session_state = self._session_state, st
-                if st == "square-off" and prev and self.flatten_at_square_off:
-                    self._square_off()
+
+    def session_clock(self) -> None:
+        """After a price (and on the live actor's timer): act on a change of session state;
+        entering square-off flattens every position (the market orders fill as any other:
+        at the next price, or at once at this close with fill_on = "close")."""
+        st = self.session.state(self._now())
+        if st != self._session_state:
+            prev, self._session_state = self._session_state, st
+            if st == "square-off" and prev and self.flatten_at_square_off:
+                self._square_off()
 
     def _session_refusal(self, m: SubmitOrder) -> OrderReject | None:
         now = self._now()
