@@ -394,7 +394,7 @@ class ExchangeCore:
             self.market_time(bar.ts)
         self._on_price(bar.symbol, bar.ts, bar.open, bar.high, bar.low, bar.close, bar.fseq)
         if self.session is not None:
-            self.session_clock()
+            self.session_clock(bar.fseq)
 
     def on_tick(self, tick: Any) -> None:
         if self._timed:
@@ -402,7 +402,7 @@ class ExchangeCore:
         p = tick.price
         self._on_price(tick.symbol, tick.ts, p, p, p, p, tick.fseq)
         if self.session is not None:
-            self.session_clock()
+            self.session_clock(tick.fseq)
 
     def on_bars(self, bars: list[Any]) -> None:
         """Bars in order, as ``on_bar`` of each, with less work for a symbol that has no open
@@ -436,7 +436,7 @@ class ExchangeCore:
                     series.record(b.ts, self.acct.cash + mv, self._units)
             if timed and self.session is not None:
                 self._mark_pending(pending)  # a square-off at the close fills at this bar's price
-                self.session_clock()
+                self.session_clock(b.fseq)
                 held = self._held
         self._mark_pending(pending)
         self.n_prices += quiet
@@ -570,15 +570,17 @@ class ExchangeCore:
             at, sym = exp.pop()
             self._settle(sym, at)
 
-    def session_clock(self) -> None:
+    def session_clock(self, fseq: int = 0) -> None:
         """After a price (and on the live actor's timer): act on a change of session state;
         entering square-off flattens every position (the market orders fill as any other:
-        at the next price, or at once at this close with fill_on = "close")."""
+        at the next price, or at once at this close with fill_on = "close"). ``fseq``: the bar
+        it follows: in a backtest the square-off orders fill from the bar after it, under
+        either kernel (not from the strategy's decision bar, which the actor kernel is ahead of)."""
         st = self.session.state(self._now())
         if st != self._session_state:
             prev, self._session_state = self._session_state, st
             if st == "square-off" and prev and self.flatten_at_square_off:
-                self._square_off()
+                self._square_off(fseq)
 
     def _session_refusal(self, m: SubmitOrder) -> OrderReject | None:
         now = self._now()
@@ -602,7 +604,7 @@ class ExchangeCore:
         return self._reject(m, "market-closed", f"market {st}: no orders until the session opens "
                                                 f"(next: {to} at {when})")
 
-    def _square_off(self) -> None:
+    def _square_off(self, fseq: int = 0) -> None:
         """Cancel every open order and close every position at market (reason square-off)."""
         self.n_square_offs += 1
         cancelled = self._cancel_where("", "square-off")
@@ -612,6 +614,8 @@ class ExchangeCore:
                 continue
             o = self._accept(self._own_cl_id("square-off"), sym, "sell" if p.qty > 0 else "buy", abs(p.qty),
                              "market", None, "GTC", "square-off")
+            if self.backtest and fseq:
+                self.eligible[o.order_id] = fseq + 1
             closed += 1
             if self.cfg.fill_on == "close" and sym in self.last_px:
                 self._fill(o, self._slipped(o, self.last_px[sym]), self.last_ts[sym])
