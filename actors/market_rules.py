@@ -143,3 +143,88 @@ class StrategyMarket:
         if px is None:
             raise options_mod.OptionError(f"no price of {symbol!r} seen yet")
         return px
+
+
+NO_SESSION = {"configured": False, "state": "open", "next_ns": 0, "next_state": "", "timezone": "", "calendar": ""}
+
+
+class ViewMarket:
+    """The state view's options and trading hours (actors/state_view.py keys ``greeks`` and
+    ``session``): each option position's greeks and the portfolio's, and the session
+    state with its next change.
+
+    Greeks use the option's implied volatility from its last price when the feed gives
+    one (a replay's option bars, a venue's quotes), else the [options] smile; the time is
+    the latest market time. Portfolio delta and gamma are per underlying (in its units:
+    options x multiplier x delta, plus the underlying's own position); vega and theta are
+    summed in money (per 1.00 of volatility, per year)."""
+
+    def __init__(self, cfg: Any, wall_clock: bool):
+        self.cfg = cfg
+        self.session = sessions.calendar_of(cfg)
+        self.wall_clock = wall_clock  # live on the synthetic feed: the session runs on the wall clock
+        self.chains: options_mod.OptionChains | None = None
+        self.pricer: options_mod.Pricer | None = None
+        self.insts: dict[str, Instrument] = {}
+        self.underlyings: set[str] = set()
+
+    def set_instruments(self, instruments: list[Instrument]) -> None:
+        self.insts = {i.symbol: i for i in instruments}
+        if any(i.kind == "option" for i in instruments):
+            self.chains = options_mod.chains_of(self.cfg, instruments)
+            self.pricer = options_mod.pricer_of(self.cfg, self.chains)
+            self.underlyings = {i.underlying for i in instruments if i.kind == "option"}
+
+    def affects(self, symbol: str) -> bool:
+        """A price of ``symbol`` can change the greeks (an option or an underlying)."""
+        return self.chains is not None and (symbol in self.underlyings or symbol in self.chains.expiry_of)
+
+    def greeks(self, qty: dict[str, int], prices: dict[str, float], now: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"known": self.chains is not None, "positions": {},
+                               "portfolio": {"delta": {}, "gamma": {}, "vega": 0.0, "theta": 0.0}}
+        if self.chains is None or self.pricer is None:
+            return out
+        pf = out["portfolio"]
+        for sym, q in sorted(qty.items()):
+            inst = self.insts.get(sym)
+            if not q or inst is None:
+                continue
+            if inst.kind != "option":
+                if sym in self.underlyings:
+                    pf["delta"][sym] = pf["delta"].get(sym, 0.0) + q * inst.multiplier
+                continue
+            s = prices.get(inst.underlying)
+            expiry = self.chains.expiry_of.get(sym)
+            if s is None or expiry is None:
+                continue
+            t = options_mod.years(now, expiry)
+            model = options_mod.model_for(self.insts.get(inst.underlying))
+            iv = None
+            own = prices.get(sym)
+            if own is not None:
+                iv = options_mod.implied_vol(own, s, inst.strike, t, self.pricer.rate, inst.right, model=model)
+            vol = iv if iv is not None else self.pricer.smile.vol(inst.strike, s)
+            g = options_mod.greeks(s, inst.strike, t, self.pricer.rate, vol, inst.right, model=model)
+            pos = options_mod.position_greeks(q, inst, g)
+            out["positions"][sym] = {
+                "qty": q, "underlying": inst.underlying, "iv": round(vol, 6), "iv_source": "price" if iv else "model",
+                "option": {k: round(getattr(g, k), 6) for k in ("price", "delta", "gamma", "vega", "theta")},
+                **{k: round(v, 6) for k, v in pos.items()}}
+            u = inst.underlying
+            pf["delta"][u] = pf["delta"].get(u, 0.0) + pos["delta"]
+            pf["gamma"][u] = pf["gamma"].get(u, 0.0) + pos["gamma"]
+            pf["vega"] += pos["vega"]
+            pf["theta"] += pos["theta"]
+        pf["delta"] = {k: round(v, 6) + 0.0 for k, v in pf["delta"].items()}
+        pf["gamma"] = {k: round(v, 6) + 0.0 for k, v in pf["gamma"].items()}
+        pf["vega"], pf["theta"] = round(pf["vega"], 6) + 0.0, round(pf["theta"], 6) + 0.0
+        return out
+
+    def session_view(self, md_ts: int, wall_ns: int) -> dict[str, Any]:
+        if self.session is None:
+            return dict(NO_SESSION)
+        now = wall_ns if self.wall_clock else md_ts
+        if not now:
+            return {**NO_SESSION, "configured": True, "state": "unknown", "timezone": self.session.timezone,
+                    "calendar": self.session.calendar}
+        return {"configured": True, **self.session.describe(now)}

@@ -246,3 +246,32 @@ def test_host_session_events_chain_helpers_and_no_orders_out_of_session():
     g = p.greeks(LATER.symbol)
     assert 0 < g.delta < 1 and g.vega > 0
     assert p.option_by_delta("SPY", "C", 0.5).symbol == LATER.symbol
+
+
+def test_view_carries_greeks_portfolio_delta_and_session():
+    from actors.state_view import StateView
+    from bus.messages import AccountInfo, AccountUpdate, InstrumentsReply, PositionInfo
+    from actors import options as op
+    v = StateView("r")
+    assert v.value("session")["configured"] is False and v.value("greeks")["known"] is False
+    cfg = cfg_with(pre_open="09:00")
+    v.attach_market(market_rules.ViewMarket(cfg, wall_clock=False))
+    v.apply(InstrumentsReply(instruments=INSTRUMENTS, option_mappings=4))
+    t = ns(2026, 3, 9, 15)  # 11:00 New York
+    v.apply(AccountUpdate(account=AccountInfo(cash=1e6, equity=1e6, initial_cash=1e6), ts=t,
+                          positions=[PositionInfo(symbol="SPY", qty=-50, avg_price=100.0),
+                                     PositionInfo(symbol=LATER.symbol, qty=2, avg_price=2.0)]))
+    v.apply(Bar(symbol="SPY", ts=t, open=101, high=101, low=101, close=101))
+    g = v.value("greeks")
+    p = g["positions"][LATER.symbol]
+    expiry = int(dt.datetime(2026, 3, 20, 20, tzinfo=UTC).timestamp()) * 10**9
+    want = op.greeks(101.0, 100.0, op.years(t, expiry), 0.0, 0.3, "C")
+    assert p["iv_source"] == "model" and p["delta"] == pytest.approx(200 * want.delta, abs=1e-5)
+    assert g["portfolio"]["delta"]["SPY"] == pytest.approx(-50 + 200 * want.delta, abs=1e-5)
+    assert g["portfolio"]["vega"] == pytest.approx(200 * want.vega, abs=1e-5)
+    # the option's own price, when the feed has one, gives its implied volatility
+    v.apply(Bar(symbol=LATER.symbol, ts=t, open=2.5, high=2.5, low=2.5, close=2.5))
+    p = v.value("greeks")["positions"][LATER.symbol]
+    assert p["iv_source"] == "price" and p["option"]["price"] == pytest.approx(2.5, abs=1e-6)
+    s = v.value("session")
+    assert (s["state"], s["next_state"], s["next_ns"]) == ("open", "closed", ns(2026, 3, 9, 20))
