@@ -274,4 +274,4 @@ def test_view_carries_greeks_portfolio_delta_and_session():
     p = v.value("greeks")["positions"][LATER.symbol]
     assert p["iv_source"] == "price" and p["option"]["price"] == pytest.approx(2.5, abs=1e-6)
     s = v.value("session")
-    assert (s["state"], s["next_state"], s["next_ns"]) == ("open", "closed", ns(2026, 3, 9, 20))
+    assert (s["state"], s["next_state"], s["next_ns"]) == ("open", "square-off", ns(2026, 3, 9, 19, 50))
