@@ -275,3 +275,22 @@ def test_view_carries_greeks_portfolio_delta_and_session():
     assert p["iv_source"] == "price" and p["option"]["price"] == pytest.approx(2.5, abs=1e-6)
     s = v.value("session")
     assert (s["state"], s["next_state"], s["next_ns"]) == ("open", "square-off", ns(2026, 3, 9, 19, 50))
+
+
+def test_monitor_shows_the_session_and_the_greeks():
+    from rich.console import Console
+
+    from scripts import monitor
+    state = {"run_id": "r", "trading": {"state": "trading", "known": True},
+             "session": {"configured": True, "state": "square-off", "next_ns": ns(2026, 3, 9, 20),
+                         "next_state": "closed", "timezone": "America/New_York", "calendar": "XNYS"},
+             "greeks": {"known": True, "positions": {"X": {}},
+                        "portfolio": {"delta": {"SPY": -12.5}, "gamma": {"SPY": 1.0}, "vega": 30.0, "theta": -5.0}}}
+    c = Console(width=120, record=True)
+    c.print(monitor.render(state, 1, False, None))
+    text = c.export_text()
+    assert "session square-off  next closed at" in text and "America/New_York, XNYS" in text
+    assert "greeks delta SPY -12.50  vega 30.00  theta -5.00/yr  (1 option positions)" in text
+    c = Console(width=120, record=True)
+    c.print(monitor.render({"run_id": "r"}, 1, False, None))  # no [session], no options: no lines
+    assert "session" not in c.export_text() and "greeks" not in c.export_text()
