@@ -154,3 +154,22 @@ def test_pricer_quotes_on_the_tick_grid():
     pos = op.position_greeks(-3, ch.atm("SYN1", "C", 100.0), g)
     assert pos["delta"] == pytest.approx(-300 * g.delta)
     assert op.position_greeks(10, Instrument(symbol="SYN1", kind="equity", tick_size=0.01), None)["delta"] == 10
+
+
+def test_synthetic_chain_from_config_and_its_errors():
+    import config as config_mod
+    from actors.instruments import load
+    base, _ = load("synthetic", ["SYN1", "SYN2"])
+    cfg = config_mod.load(None)
+    assert op.with_synthetic_chain(cfg, base, dt.date(2026, 3, 2)) == (base, 0)  # no expiries: no chain
+    cfg = config_mod.load(None, ["options.expiry_days=[0, 7]", 'options.underlyings=["SYN2"]', "options.strikes=1",
+                                 'options.settlement="physical"'])
+    insts, mapped = op.with_synthetic_chain(cfg, base, dt.date(2026, 3, 2))
+    opts = [i for i in insts if i.kind == "option"]
+    assert mapped == len(opts) == 2 * 3 * 2 and {o.underlying for o in opts} == {"SYN2"}
+    assert {o.expiry for o in opts} == {"2026-03-02", "2026-03-09"} and {o.settlement for o in opts} == {"physical"}
+    for sets, match in ((['options.underlyings=["NOPE"]', "options.expiry_days=[1]"], "not in the instrument master"),
+                        (['options.expiries=["2026-13-01"]'], "not YYYY-MM-DD"),
+                        (['options.expiry_time="4pm"', "options.expiry_days=[1]"], "not HH:MM")):
+        with pytest.raises(op.OptionsConfigError, match=match):
+            op.with_synthetic_chain(config_mod.load(None, sets), base, dt.date(2026, 3, 2))
