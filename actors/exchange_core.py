@@ -425,19 +425,19 @@ class ExchangeCore:
                 self._mark_pending(pending)
                 self._on_price(sym, b.ts, b.open, b.high, b.low, b.close, b.fseq)
                 held = self._held  # a fill may have opened a position
-            else:
-                pending[sym] = b
-                quiet += 1
-                if series is not None:
-                    mv = 0
-                    for p in held:
-                        q = pending.get(p.symbol)
-                        mv += p.qty * (q.close if q is not None else p.mark) * p.multiplier
-                    series.record(b.ts, self.acct.cash + mv, self._units)
-            if timed and self.session is not None:
-                self._mark_pending(pending)  # a square-off at the close fills at this bar's price
-                self.session_clock(b.fseq)
-                held = self._held
+                if timed:
+                    held = self._after_bar(pending, b.fseq)
+                continue
+            pending[sym] = b
+            quiet += 1
+            if series is not None:
+                mv = 0
+                for p in held:
+                    q = pending.get(p.symbol)
+                    mv += p.qty * (q.close if q is not None else p.mark) * p.multiplier
+                series.record(b.ts, self.acct.cash + mv, self._units)
+            if timed:
+                held = self._after_bar(pending, b.fseq)
         self._mark_pending(pending)
         self.n_prices += quiet
 
@@ -581,6 +581,14 @@ class ExchangeCore:
             prev, self._session_state = self._session_state, st
             if st == "square-off" and prev and self.flatten_at_square_off:
                 self._square_off(fseq)
+
+    def _after_bar(self, pending: dict[str, Any], fseq: int) -> list[Any]:
+        """on_bars, after each bar when timed: the session clock (a square-off at the close
+        fills at this bar's price, so the pending marks go in first); the held positions."""
+        if self.session is not None:
+            self._mark_pending(pending)
+            self.session_clock(fseq)
+        return self._held
 
     def _session_refusal(self, m: SubmitOrder) -> OrderReject | None:
         now = self._now()
