@@ -101,8 +101,9 @@ class Account:
             raise AccountingError(f"side must be buy or sell, got {side!r}")
         if type(qty) is not int or qty <= 0:
             raise AccountingError(f"fill qty must be a positive int, got {qty!r}")
-        if not (math.isfinite(price) and price > 0):
-            raise AccountingError(f"fill price must be finite and > 0, got {price!r}")
+        if not (math.isfinite(price) and price > 0) and not (price == 0 and self._closes(symbol, s, qty)):
+            # 0 only closes: an option expiring worthless (actors/options.py); never an opening trade
+            raise AccountingError(f"fill price must be finite and > 0 (0 only to close a position), got {price!r}")
         if not (math.isfinite(fee) and fee >= 0):
             raise AccountingError(f"fee must be finite and >= 0, got {fee!r}")
         if not (math.isfinite(multiplier) and multiplier > 0):
@@ -153,6 +154,11 @@ class Account:
         p.mark = float(price)
         res.position = p.qty
         return res
+
+    def _closes(self, symbol: str, sign: int, qty: int) -> bool:
+        """A fill of ``sign`` x ``qty`` only reduces the position (no opening part)."""
+        p = self.positions.get(symbol)
+        return p is not None and p.qty * sign < 0 and qty <= abs(p.qty)
 
     def mark(self, symbol: str, price: float) -> bool:
         """Mark an instrument; returns True when an open position's value changed."""

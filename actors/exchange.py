@@ -37,6 +37,7 @@ import msgspec
 import zmq
 
 from actors.base import Actor, CommandError, Role, main
+from actors import market_rules
 from actors.exchange_core import ExchangeCore, Refused
 from actors.ledger import Ledger
 from bus.codec import ProtocolError
@@ -91,6 +92,10 @@ class PaperExchange(Actor):
         wall_clock = not self.backtest and self.cfg.market_data.feed != "replay"
         self.core = ExchangeCore(self.cfg.exchange, instruments, self.ledger, out_dir=self.run_dir, emit=self._publish,
                                  log=self.log, backtest=self.backtest, wall_clock=wall_clock)
+        # Trading hours and option expiry ([session], options in the master): off without them.
+        market_rules.attach(self.core, self.cfg, instruments)
+        if self.core._timed and wall_clock:  # square-off and expiry on time even when no data flows
+            self.every(1.0, self._market_clock)
 
         # Backtest flow control (see the module docstring).
         self.gate = 0  # strategy progress: every order from bars <= gate is in
@@ -111,6 +116,11 @@ class PaperExchange(Actor):
         return {"instruments": len(c.instruments), **self.status()}
 
     # -------------------------------------------------------------- publishing
+    def _market_clock(self) -> None:
+        self.core.market_time(time.time_ns())
+        if self.core.session is not None:
+            self.core.session_clock()
+
     def _publish(self, msg: Any) -> None:
         """Everything the core emits goes out on exec, on the topic of its kind and symbol."""
         if isinstance(msg, Fill):

@@ -75,6 +75,7 @@ from typing import Any, Callable
 import msgspec
 
 from actors import exports, report
+from actors import options as options_mod
 from actors.accounting import Account, RoundTrip
 from actors.ledger import Ledger
 from actors.results import EquitySeries
@@ -271,6 +272,10 @@ class ExchangeCore:
         inst = self.instruments.get(m.symbol)
         if inst is None:
             return self._reject(m, "unknown-instrument", f"unknown instrument {m.symbol!r}")
+        if self.session is not None:  # trading hours (attach_market_rules)
+            closed = self._session_refusal(m)
+            if closed is not None:
+                return closed
         if m.order_type == "market":
             if m.price is not None:
                 return self._reject(m, "bad-request", "a market order takes no price")
@@ -385,11 +390,19 @@ class ExchangeCore:
 
     # ------------------------------------------------------------ market data
     def on_bar(self, bar: Any) -> None:
+        if self._timed:
+            self.market_time(bar.ts)
         self._on_price(bar.symbol, bar.ts, bar.open, bar.high, bar.low, bar.close, bar.fseq)
+        if self.session is not None:
+            self.session_clock(bar.fseq)
 
     def on_tick(self, tick: Any) -> None:
+        if self._timed:
+            self.market_time(tick.ts)
         p = tick.price
         self._on_price(tick.symbol, tick.ts, p, p, p, p, tick.fseq)
+        if self.session is not None:
+            self.session_clock(tick.fseq)
 
     def on_bars(self, bars: list[Any]) -> None:
         """Bars in order, as ``on_bar`` of each, with less work for a symbol that has no open
@@ -401,12 +414,19 @@ class ExchangeCore:
         book, series, held = self.book, self.series, self._held
         pending: dict[str, Any] = {}  # symbol -> its last bar not yet marked
         quiet = 0  # bars that took the short way
+        timed = self._timed
         for b in bars:
             sym = b.symbol
+            if timed:
+                self._mark_pending(pending)  # settlement reads the underlying's last price
+                self.market_time(b.ts)
+                held = self._held
             if book.get(sym):
                 self._mark_pending(pending)
                 self._on_price(sym, b.ts, b.open, b.high, b.low, b.close, b.fseq)
                 held = self._held  # a fill may have opened a position
+                if timed:
+                    held = self._after_bar(pending, b.fseq)
                 continue
             pending[sym] = b
             quiet += 1
@@ -416,6 +436,8 @@ class ExchangeCore:
                     q = pending.get(p.symbol)
                     mv += p.qty * (q.close if q is not None else p.mark) * p.multiplier
                 series.record(b.ts, self.acct.cash + mv, self._units)
+            if timed:
+                held = self._after_bar(pending, b.fseq)
         self._mark_pending(pending)
         self.n_prices += quiet
 
@@ -510,6 +532,146 @@ class ExchangeCore:
         self.export()
         return len(days), len(iocs)
 
+    # ------------------------------------------ trading hours and option expiry
+    # Off unless attach_market_rules() is called (a [session] table, or options listed):
+    # class attributes, so a core without them pays one attribute test per price.
+    session: Any = None  # actors/sessions.SessionCalendar
+    flatten_at_square_off = True
+    _timed = False  # market_time() runs on every price
+    _expiring: list[tuple[int, str]] = []  # (expiry instant ns, option symbol), soonest last
+    _session_state = ""  # the state market_time last saw
+    _mkt_ts = 0  # the latest market time seen
+    n_settled = 0  # option positions settled at expiry
+    n_square_offs = 0
+
+    def attach_market_rules(self, session: Any = None, chains: Any = None, flatten_at_square_off: bool = True) -> None:
+        """Trading hours (``session``: orders outside them are rejected ``market-closed``, and at
+        square-off every position is flattened and only reducing orders are taken) and option
+        expiry (``chains``: actors/options.OptionChains; at an option's expiry instant its
+        open orders are cancelled and its position settled, see ``_settle``)."""
+        self.session = session
+        self.flatten_at_square_off = flatten_at_square_off
+        if chains is not None:
+            self._expiring = sorted(((t, sym) for sym, t in chains.expiry_of.items()), reverse=True)
+        self._timed = session is not None or bool(self._expiring)
+
+    def _now(self) -> int:
+        """The exchange's clock for trading hours: the wall clock live on the synthetic feed
+        (orders arrive when no data flows), else the market time of the data."""
+        return self.now_ns() if self.wall_clock else self._mkt_ts
+
+    def market_time(self, ts: int) -> None:
+        """Market time reached ``ts`` (before every price, and the live actor's timer): settle
+        the options whose expiry instant it passed, before the price can trade them."""
+        if ts > self._mkt_ts:
+            self._mkt_ts = ts
+        exp = self._expiring
+        while exp and exp[-1][0] <= ts:
+            at, sym = exp.pop()
+            self._settle(sym, at)
+
+    def session_clock(self, fseq: int = 0) -> None:
+        """After a price (and on the live actor's timer): act on a change of session state;
+        entering square-off flattens every position (the market orders fill as any other:
+        at the next price, or at once at this close with fill_on = "close"). ``fseq``: the bar
+        it follows: in a backtest the square-off orders fill from the bar after it, under
+        either kernel (not from the strategy's decision bar, which the actor kernel is ahead of)."""
+        st = self.session.state(self._now())
+        if st != self._session_state:
+            prev, self._session_state = self._session_state, st
+            if st == "square-off" and prev and self.flatten_at_square_off:
+                self._square_off(fseq)
+
+    def _after_bar(self, pending: dict[str, Any], fseq: int) -> list[Any]:
+        """on_bars, after each bar when timed: the session clock (a square-off at the close
+        fills at this bar's price, so the pending marks go in first); the held positions."""
+        if self.session is not None:
+            self._mark_pending(pending)
+            self.session_clock(fseq)
+        return self._held
+
+    def _session_refusal(self, m: SubmitOrder) -> OrderReject | None:
+        now = self._now()
+        st = self.session.state(now)
+        if st == "open":
+            return None
+        if st == "square-off":
+            pos = self.acct.position(m.symbol)
+            if m.side == "buy":
+                after = pos + self.open_qty.get((m.symbol, "buy"), 0) + m.qty
+                reduces = pos < 0 and after <= 0
+            else:
+                after = pos - self.open_qty.get((m.symbol, "sell"), 0) - m.qty
+                reduces = pos > 0 and after >= 0
+            if reduces:
+                return None
+            return self._reject(m, "market-closed", f"square-off: {m.symbol} position {pos}: only orders that "
+                                                    "reduce a position are taken until the close")
+        nxt, to = self.session.next_transition(now)
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(nxt // 10**9))
+        return self._reject(m, "market-closed", f"market {st}: no orders until the session opens "
+                                                f"(next: {to} at {when})")
+
+    def _square_off(self, fseq: int = 0) -> None:
+        """Cancel every open order and close every position at market (reason square-off)."""
+        self.n_square_offs += 1
+        cancelled = self._cancel_where("", "square-off")
+        closed = 0
+        for sym, p in list(self.acct.positions.items()):
+            if p.qty == 0:
+                continue
+            o = self._accept(self._own_cl_id("square-off"), sym, "sell" if p.qty > 0 else "buy", abs(p.qty),
+                             "market", None, "GTC", "square-off")
+            if self.backtest and fseq:
+                self.eligible[o.order_id] = fseq + 1
+            closed += 1
+            if self.cfg.fill_on == "close" and sym in self.last_px:
+                self._fill(o, self._slipped(o, self.last_px[sym]), self.last_ts[sym])
+        self.log.info("square-off", cancelled=len(cancelled), positions=closed, ts=self._mkt_ts)
+
+    def _own_cl_id(self, prefix: str) -> str:
+        cl_id = f"{prefix}-{self.next_oid}"
+        while self._known(cl_id) is not None:  # a client may have used the name already
+            cl_id += "-x"
+        return cl_id
+
+    def _settle(self, sym: str, at: int) -> None:
+        """Expire option ``sym`` at instant ``at``: cancel its open orders (reason expiry) and
+        close its position at the settlement price (actors/options.settlement: intrinsic
+        value from the underlying's last price for cash; 0 and a delivery of the underlying
+        at the strike for physical), no commission. The ledger holds it as an order
+        ``expiry-N`` (reason expiry) and its fill; the Fill goes out as any other."""
+        self._cancel_where(sym, "expiry")
+        p = self.acct.positions.get(sym)
+        inst = self.instruments.get(sym)
+        if p is None or p.qty == 0 or inst is None:
+            return
+        und = self.last_px.get(inst.underlying)
+        if und is None:
+            # No underlying price ever seen: the option's own last price is the best there is.
+            und_px = None
+            px = self.last_px.get(sym, p.mark)
+            deliver = 0.0
+            self.log.warning("expiry without an underlying price: settled at the option's last price",
+                             symbol=sym, underlying=inst.underlying, price=px)
+        else:
+            und_px = und
+            px, deliver = options_mod.settlement(inst, und)
+        qty = p.qty
+        o = self._accept(self._own_cl_id("expiry"), sym, "sell" if qty > 0 else "buy", abs(qty), "market", None,
+                         "GTC", "expiry")
+        self._fill(o, round(px, 10), at, fee=0.0)
+        self.n_settled += 1
+        if deliver > 0:
+            u = self.instruments[inst.underlying]
+            units = abs(qty) * inst.multiplier / u.multiplier
+            side = ("buy" if inst.right == "C" else "sell") if qty > 0 else ("sell" if inst.right == "C" else "buy")
+            d = self._accept(self._own_cl_id("expiry"), u.symbol, side, int(round(units)), "market", None, "GTC",
+                             "expiry")
+            self._fill(d, deliver, at, fee=0.0)
+        self.log.info("option expired", symbol=sym, qty=qty, settlement=inst.settlement, underlying_price=und_px,
+                      price=px, delivered=deliver > 0)
+
     # ------------------------------------------------------------------ fills
     def _booked(self, trips: list[RoundTrip], fee: float) -> None:
         """What the summary and the equity curve need of a fill the account took (a backtest's
@@ -528,7 +690,7 @@ class ExchangeCore:
         cfg = self.cfg
         return max(cfg.commission_min, cfg.commission_pct * qty * px * mult + cfg.commission_per_unit * qty)
 
-    def _fill(self, o: OrderInfo, px: float, ts: int) -> None:
+    def _fill(self, o: OrderInfo, px: float, ts: int, fee: float | None = None) -> None:
         if self.wall_clock and ts < o.ts:
             # Live bars carry the wall-clock start of their interval: a next-open fill
             # would be stamped a moment before the order it fills. Never before it.
@@ -537,7 +699,8 @@ class ExchangeCore:
         inst = self.instruments.get(o.symbol)
         mult = p.multiplier if p is not None else (inst.multiplier if inst else 1.0)
         qty = o.qty - o.filled
-        fee = self._commission(qty, px, mult)
+        if fee is None:  # an expiry settlement passes 0: no commission on it
+            fee = self._commission(qty, px, mult)
         res = self.acct.apply_fill(o.symbol, o.side, qty, px, fee, ts, mult)
         p = self.acct.positions[o.symbol]
         self._booked(res.trips, fee)

@@ -28,9 +28,9 @@ from actors.base import UserError
 from bus.messages import Instrument
 
 FIELDS = ("symbol", "kind", "tick_size", "lot_size", "multiplier", "currency",
-          "underlying", "strike", "expiry", "right")
+          "underlying", "strike", "expiry", "right", "settlement")
 REQUIRED = ("symbol", "kind", "tick_size")
-OPTION_FIELDS = ("underlying", "strike", "expiry", "right")
+OPTION_FIELDS = ("underlying", "strike", "expiry", "right")  # settlement (cash | physical) is optional
 SYNTHETIC = "synthetic"
 
 
@@ -62,7 +62,7 @@ def _check(raw: dict[str, Any], where: str) -> Instrument:
         except ValueError:
             raise InstrumentError(f"{where}: option {inst.symbol}: expiry {inst.expiry!r} is not YYYY-MM-DD") from None
     else:
-        extra = [k for k in OPTION_FIELDS if clean.get(k) not in (None, "")]
+        extra = [k for k in (*OPTION_FIELDS, "settlement") if clean.get(k) not in (None, "")]
         if extra:
             raise InstrumentError(f"{where}: {inst.kind} {inst.symbol} cannot have {', '.join(extra)} "
                                   f"(only options do)")

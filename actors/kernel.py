@@ -44,6 +44,7 @@ from typing import Any, Callable
 
 import config as config_mod
 from actors.base import UserError, exit_reason
+from actors import market_rules
 from actors.exchange import open_ledger
 from actors.exchange_core import ExchangeCore
 from actors.feeds import ReplayFeed, load_instruments
@@ -161,6 +162,7 @@ class Backtest:
         ex = self.ex = ExchangeCore(self.cfg.exchange, self.instruments, self.ledger, out_dir=self.run_dir,
                                     emit=self.events.append, log=self.log.bind(component="paper-exchange"),
                                     backtest=True)
+        market_rules.attach(ex, self.cfg, self.instruments)  # [session] hours, option expiry
         ex.decision_bar = 1  # orders from on_start: decided before bar 1, fill from bar 2 as under the actors
         return {"instruments": len(ex.instruments), "equity": round(ex.acct.equity, 2)}
 
@@ -170,6 +172,8 @@ class Backtest:
         # fills.csv is byte-identical from run to run and between the kernels.
         host = self.host = StrategyHost(self.cfg.strategy, self.instruments, send=self._order, cl_prefix="bt",
                                         log=self.log.bind(component="strategy"), log_orders=False)
+        if market_rules.wanted(self.cfg, self.instruments):  # [session] hours, option chains
+            host.attach_market(market_rules.StrategyMarket(self.cfg, self.instruments))
         host.seed(self.ex.query("all"))
         host.start()
         self._deliver()
@@ -227,6 +231,10 @@ class Backtest:
         total = feed.total
         bar_feed = feed.kind == "bars"
         source = feed.batches(BATCH) if bar_feed else _chunked(feed.messages(), BATCH)
+        cal = market_rules.sessions.calendar_of(self.cfg)
+        gate = market_rules.InSession(cal) if cal is not None else None
+        if gate is not None:  # [session]: bars outside it are not market data (as live)
+            source = gate.batches(source)
         self.log.info("backtest running", kernel="inprocess", bars=total)
         done = 0
         try:
@@ -259,7 +267,7 @@ class Backtest:
         if self.stop is not None:
             self.log.info("backtest stopped", reason=self.stop, bars=done)
             return "", {}
-        eod = feed.end()
+        eod = feed.end() if gate is None else gate.end(feed.end())
         host.end_of_data(eod)
         try:
             ex.end_of_data(eod)

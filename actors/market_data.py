@@ -31,7 +31,8 @@ import time
 from collections import deque
 from typing import Any, Iterator
 
-from actors import registry
+from actors import options as options_mod
+from actors import market_rules, registry
 from actors.base import Actor, Role, main
 from actors.feeds import FeedState, GbmSymbol, ReplayFeed, WallClockBars, load_instruments
 from bus.codec import ProtocolError
@@ -55,6 +56,9 @@ class MarketData(Actor):
     def init(self) -> dict[str, Any]:
         md = self.cfg.market_data
         self.instruments, self.option_mappings, src = load_instruments(md)
+        if md.instruments == "synthetic":  # [options]: a generated chain on the synthetic symbols
+            self.instruments, self.option_mappings = options_mod.with_synthetic_chain(
+                self.cfg, self.instruments, options_mod.today_in(self.cfg, time.time_ns()))
         self.by_symbol = {i.symbol: i for i in self.instruments}
         self.log.info("instrument master loaded", source=src, instruments=len(self.instruments),
                       option_mappings=self.option_mappings)
@@ -105,6 +109,12 @@ class MarketData(Actor):
             self.log.warning("market data warning", warning=w)
         if warns:
             info["warnings"] = warns
+        # [session]: publish only in session (pre-open to close); the synthetic feed also
+        # prices the listed options (actors/market_rules.py).
+        self.session = market_rules.sessions.calendar_of(self.cfg)
+        self.quoter = market_rules.OptionQuoter(self.cfg, self.instruments) if self.replay is None else None
+        self.dropped = 0  # synthetic bars not published: outside the session
+        self.gate: market_rules.InSession | None = None  # a replay's session filter
         self.pub = self.open("md", bind=True)
         self.ref = self.open("md.ref", bind=True, handler=self._on_ref)
         return info
@@ -114,6 +124,10 @@ class MarketData(Actor):
         md = self.cfg.market_data
         if self.replay is not None:
             self._source = self.replay.batches(self.batch_n) if self.backtest else self.replay.messages()
+            if self.session is not None:  # only in session, fseq renumbered (market_rules.InSession)
+                self.gate = market_rules.InSession(self.session)
+                self._source = (self.gate.batches(self._source) if self.backtest
+                                else self.gate.messages(self._source))
             if md.speed > 0:
                 # Woken by this timer when the next paced row is due; work() sets its due time.
                 self._pace = self.every(3600.0, lambda: None)
@@ -139,11 +153,29 @@ class MarketData(Actor):
         self._bar_timer.due = time.monotonic() + max(0.0, wait_s) + 0.0005
 
     def _synthetic_step(self) -> None:
+        last: dict[str, float] = {}
+        step_ts = 0
         for sym, ts, o, h, lo, c, v in self.clock.step(time.time_ns()):
+            self._state_dirty = True
+            if self.session is not None and not self.session.publishes(ts):
+                self.dropped += 1  # the path goes on; the market is closed
+                continue
             self.fseq += 1
             self._publish_bar(Bar(symbol=sym, ts=ts, open=o, high=h, low=lo, close=c, volume=v, fseq=self.fseq))
-            self._state_dirty = True
+            last[sym], step_ts = c, ts
+        if last and self.quoter:
+            self._publish_options(last, step_ts)
         self._schedule_bar()
+
+    def _publish_options(self, last: dict[str, float], ts: int) -> None:
+        """Each listed option's model Quote and Bar (market_rules.OptionQuoter): the Bar makes
+        option orders fill on today's bar-driven exchange; the Quote is what a quote-aware
+        exchange fills against (bid / ask)."""
+        for q, bar in self.quoter.quotes(last, ts):
+            self.fseq += 1
+            q.fseq = bar.fseq = self.fseq
+            self.pub.send(q, topic=topic_for("md.quote", q.symbol))
+            self._publish_bar(bar)
 
     def _save_feed_state(self) -> None:
         if self._state_dirty and self.feed_state is not None:
@@ -202,7 +234,10 @@ class MarketData(Actor):
         assert self.replay is not None
         self.eod_sent = True
         self._source = None
-        self.pub.send(self.replay.end(), topic=TOPIC_EOD)
+        eod = self.replay.end()
+        if self.gate is not None:
+            eod = self.gate.end(eod)
+        self.pub.send(eod, topic=TOPIC_EOD)
         self.log.info("end of data", feed=self.feed_name, count=self.published, last_fseq=self.fseq,
                       rows_read=self.replay.replay.rows_read, rows_skipped=self.replay.skipped)
 
@@ -239,6 +274,10 @@ class MarketData(Actor):
             s["consumer_progress"] = dict(self.progress)
         if self.backtest:
             s["credit_waits"] = self.waiting_credit
+        if self.session is not None:
+            if self.replay is None:  # live: the wall clock's state (a replay's is its bars')
+                s["session"] = self.session.state(time.time_ns())
+            s["dropped_out_of_session"] = self.gate.dropped if self.gate is not None else self.dropped
         if self.replay is not None:
             s["rows_read"] = self.replay.replay.rows_read
             s["rows_skipped"] = self.replay.skipped

@@ -31,6 +31,7 @@ import msgspec
 import zmq
 
 from actors.base import Actor, main
+from actors import market_rules
 from actors.state_view import KEYS, StateView
 from bus.codec import ProtocolError
 from bus.faults import disk_error
@@ -68,6 +69,10 @@ class StatePublisher(Actor):
         self.view = StateView(self.run_id, scfg.last_trades, publisher={
             "name": self.name, "pid": os.getpid(), "heartbeat_ms": scfg.heartbeat_ms,
             "started_ns": time.time_ns()})
+        # greeks and session (actors/market_rules.ViewMarket); live on the synthetic feed the
+        # session runs on the wall clock, so _tick looks at it even when no data flows.
+        self.wall_session = self.cfg.session is not None and self.cfg.market_data.feed != "replay"
+        self.view.attach_market(market_rules.ViewMarket(self.cfg, wall_clock=self.wall_session))
         self.seq = 0
         self._published: dict[str, bytes] = {}  # key -> encoded value last published (drops no-op deltas)
         self._dirty: set[str] = set()  # published at the end of this poll round
@@ -218,6 +223,8 @@ class StatePublisher(Actor):
         if now - self._last_coalesce >= COALESCE_S:
             self._last_coalesce = now
             self._update_counters()
+            if self.wall_session:
+                self._coalesced.add("session")
             if self._coalesced:
                 self._publish(self._coalesced)
                 self._coalesced.clear()

@@ -46,6 +46,7 @@ time the exchange published it): live, market time runs on its own clock.
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from typing import Any, Iterable
 
@@ -57,7 +58,7 @@ YEAR_NS = 365.25 * 24 * 3600 * 1e9
 SAMPLE_MIN_NS = 60 * 10**9  # Sharpe samples: at most one per minute of market time
 OPEN_STATUSES = ("new", "partially-filled")
 KEYS = ("run_id", "publisher", "actors", "trading", "account", "positions", "orders", "trades", "performance",
-        "market", "instruments", "counters")
+        "market", "instruments", "counters", "greeks", "session")
 STRATEGY = "strategy"  # the actor whose state the trading summary includes
 
 
@@ -160,7 +161,15 @@ class StateView:
             return self.set_instruments(msg)
         return set()
 
+    # Options and trading hours (actors/market_rules.ViewMarket): keys greeks and session.
+    market: Any = None
+
+    def attach_market(self, market: Any) -> None:
+        self.market = market
+
     def set_instruments(self, reply: InstrumentsReply) -> set[str]:
+        if self.market is not None:
+            self.market.set_instruments(reply.instruments)
         kinds: dict[str, int] = {}
         for i in reply.instruments:
             kinds[i.kind] = kinds.get(i.kind, 0) + 1
@@ -256,7 +265,7 @@ class StateView:
         if first and self.fills == 0 and (acct.realized != 0.0 or acct.fees != 0.0):
             # The exchange traded before this view existed: its fills are not ours to count.
             self.complete = False
-        return {"account", "positions"} | self._equity_changed()
+        return {"account", "positions"} | self._equity_changed() | ({"greeks"} if self.market is not None else set())
 
     def _price(self, symbol: str, price: float, ts: int) -> set[str]:
         changed = {"market"}
@@ -271,6 +280,10 @@ class StateView:
         self.md_ts = max(self.md_ts, ts)
         if symbol in self.pos:
             changed |= {"positions", "account"} | self._equity_changed()
+        if self.market is not None:
+            changed.add("session")  # the publisher drops it when unchanged
+            if self.pos and self.market.affects(symbol):
+                changed.add("greeks")
         return changed
 
     # ------------------------------------------------------------- accounting
@@ -381,6 +394,16 @@ class StateView:
             return dict(self.instruments)
         if key == "counters":
             return dict(self.counters)
+        if key == "greeks":
+            if self.market is None:
+                return {"known": False, "positions": {}, "portfolio": {"delta": {}, "gamma": {}, "vega": 0.0,
+                                                                       "theta": 0.0}}
+            return self.market.greeks({s: p["qty"] for s, p in self.pos.items()}, self.prices, self.md_ts)
+        if key == "session":
+            if self.market is None:
+                return {"configured": False, "state": "open", "next_ns": 0, "next_state": "", "timezone": "",
+                        "calendar": ""}
+            return self.market.session_view(self.md_ts, time.time_ns())
         raise KeyError(f"unknown view key {key!r} (known: {', '.join(KEYS)})")
 
     def _trading(self) -> dict[str, Any]:

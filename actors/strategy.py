@@ -31,6 +31,7 @@ import time
 from typing import Any
 
 from actors.base import Actor, CommandError, Role, main
+from actors import market_rules
 from actors.strategy_host import Refused, StrategyHost, load_plugin
 from bus.messages import (
     AccountUpdate, Bar, BarBatch, CancelReply, EndOfData, Fill, HistoryReply, HistoryRequest, InstrumentsReply,
@@ -70,6 +71,10 @@ class StrategyActor(Actor):
         prefix = "bt" if self.backtest else f"{os.getpid():x}{time.time_ns() // 1_000_000 % 36**6:x}"
         host = self.host = StrategyHost(sc, instruments, send=self._send_order, cl_prefix=prefix, log=self.log,
                                         plugin=plugin)
+        if market_rules.wanted(self.cfg, instruments):  # [session] hours, option chains
+            host.attach_market(market_rules.StrategyMarket(self.cfg, instruments))
+            if not self.backtest:  # the session opens and closes on the wall clock
+                self.every(1.0, lambda: host.market_clock(time.time_ns()))
 
         # Subscribe before the Query: a fill published after the reply is then not missed.
         syms = sorted(host.symbols)

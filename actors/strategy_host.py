@@ -100,6 +100,27 @@ class StrategyHost:
         self.context = Context(instruments, send=self._order, cl_prefix=cl_prefix, params=dict(cfg.params),
                                can_trade=self._can_trade, log=log)
         self.plugin.bind(self.context)
+        self.market: Any = None  # trading hours and option chains (attach_market)
+
+    def attach_market(self, market: Any) -> None:
+        """Trading hours and options (actors/market_rules.StrategyMarket): the plugin's option
+        helpers read it, ``on_session_open`` / ``on_session_close`` come from it, and no
+        order is sent outside the session."""
+        self.market = self.context.market = market
+
+    def market_clock(self, ts: int) -> None:
+        """Live: the wall clock, so the session's open and close reach the plugin when no
+        bar arrives (market-data publishes nothing outside the session)."""
+        if self.market is not None:
+            self._session_events(self.market.clock(ts))
+
+    def _session_events(self, events: list[tuple[str, Any]]) -> None:
+        for what, day in events:
+            self.log.info("session " + what, day=str(day))
+            if what == "open":
+                self.plugin.on_session_open(day)
+            else:
+                self.plugin.on_session_close(day)
 
     # ----------------------------------------------------------------- start
     def seed(self, q: QueryReply) -> None:
@@ -123,7 +144,8 @@ class StrategyHost:
     # ---------------------------------------------------------------- orders
     def _can_trade(self, symbol: str) -> bool:
         return (not self.paused and not self.exch_paused and not self.exch_halted and not self._in_history
-                and self.bars_seen.get(symbol, 0) >= self.plugin.warmup_bars)
+                and self.bars_seen.get(symbol, 0) >= self.plugin.warmup_bars
+                and (self.market is None or self.market.can_trade()))
 
     def _order(self, msg: Any) -> None:
         self._send(msg)
@@ -146,6 +168,13 @@ class StrategyHost:
         seen = self.bars_seen
         seen[sym] = seen.get(sym, 0) + 1
         self.cur_fseq = bar.fseq
+        if self.market is not None:
+            if history:  # the past: prices only; the session's events are today's
+                self.market.last[sym] = bar.close
+            else:
+                events = self.market.on_bar(bar)
+                if events:
+                    self._session_events(events)
         if history:
             self._in_history = True
             try:

@@ -214,6 +214,9 @@ class Instrument(Struct, kw_only=True):
     min_notional: Annotated[float, Meta(ge=0.0, lt=1e15)] = 0.0  # smallest qty * price * multiplier of an order
     base: Annotated[str, Meta(max_length=16)] = ""  # crypto / fx: the asset bought (BTC of BTC/USDT)
     venue_symbol: Annotated[str, Meta(max_length=64)] = ""  # the venue's own id (BTCUSDT), "" = symbol
+    # options: what happens at expiry (actors/options.py): cash at intrinsic value, or
+    # delivery of the underlying at the strike (an in-the-money option)
+    settlement: Literal["cash", "physical"] = "cash"
 
 
 class Bar(_Base, **_tag("bar")):
@@ -347,6 +350,8 @@ REJECT_CODES: dict[str, str] = {
     "unknown-order": "cancel: no order has this cl_id",
     "bad-request": "the fields contradict each other: a market order with a price, "
                    "a limit or stop order without one",
+    "market-closed": "outside the trading session ([session]): closed or pre-open; at square-off "
+                     "only an order that reduces a position is taken",
 }
 RejectCode = Literal[tuple(REJECT_CODES)]  # type: ignore[valid-type]
 
@@ -460,7 +465,7 @@ class Fill(_Base, **_tag("fill")):
     symbol: Symbol
     side: Side
     qty: Qty
-    price: Price
+    price: Annotated[float, Meta(ge=0.0, lt=1e12)]  # > 0; 0 only for an option expiring worthless (reason expiry)
     fee: Money = 0.0
     ts: Nanos = 0  # market time of the fill
     position: SignedQty = 0  # position after this fill
@@ -481,6 +486,10 @@ ORDER_UPDATE_REASONS: dict[str, str] = {
     "ioc not filled on the next market data": "an IOC order did not fill on the next market data of its symbol "
                                               "(status cancelled)",
     "ioc not filled before end of data": "an IOC order still open at end of data (status cancelled)",
+    "square-off": "the session's square-off time ([session] square_off) cancelled it, or this is the market "
+                  "order closing a position then (cl_id square-off-N)",
+    "expiry": "its option expired: open orders are cancelled; or this is the order settling the position "
+              "(cl_id expiry-N, filled at the settlement price with no fee; 0 for a worthless option)",
 }
 
 

@@ -150,6 +150,37 @@ class StateCfg(_S):
     pub_hwm: PosInt = 10_000
 
 
+class SessionCfg(_S):
+    """``[session]``: trading hours (actors/sessions.py). Absent: the market never closes."""
+    timezone: str = "UTC"  # IANA zone of the times below (America/New_York): DST-correct
+    open: str = "09:30"  # HH:MM local
+    close: str = "16:00"
+    square_off: str = ""  # HH:MM: the exchange flattens and takes only reducing orders; "" = none
+    pre_open: str = ""  # HH:MM: market data (warm-up) from here, orders from the open; "" = none
+    days: list[str] = msgspec.field(default_factory=lambda: ["Mon", "Tue", "Wed", "Thu", "Fri"])
+    calendar: str = ""  # exchange_calendars name (XNYS, XLON...): its holidays and early closes
+    holidays: list[str] = []  # YYYY-MM-DD days without a session
+    holiday_file: str = ""  # one YYYY-MM-DD a line (# comments)
+    flatten_at_square_off: bool = True  # the exchange closes every position at square-off
+
+
+class OptionsCfg(_S):
+    """``[options]``: the synthetic option chain and the option model (actors/options.py)."""
+    expiry_days: list[Annotated[int, Meta(ge=0, le=3650)]] = []  # synthetic chain: expiries N days from today
+    expiries: list[str] = []  # synthetic chain: expiry dates YYYY-MM-DD (with expiry_days; none: no chain)
+    underlyings: list[str] = []  # synthetic chain on these symbols ([] = every synthetic symbol)
+    strikes: Annotated[int, Meta(ge=0, le=200)] = 5  # strikes each side of the start price
+    strike_step: PosFloat = 1.0
+    multiplier: PosFloat = 100.0
+    settlement: Literal["cash", "physical"] = "cash"  # synthetic chain's settlement at expiry
+    expiry_time: str = "16:00"  # HH:MM in session.timezone (UTC without a [session]): the expiry instant
+    volatility: PosFloat = 0.3  # implied volatility at the money (annualised)
+    skew: float = 0.0  # d vol / d ln(K/F): < 0 makes puts dearer
+    curvature: NonNegFloat = 0.0  # d2 vol / d ln(K/F)^2: lifts the wings
+    rate: float = 0.0  # risk-free rate, continuous
+    spread_pct: NonNegFloat = 0.01  # synthetic quotes: half-spread as a fraction of the model price (>= 1 tick)
+
+
 class PlacementCfg(_S):
     # Actors split between supervisors (hosts) that talk over tcp; see
     # docs/ARCHITECTURE.md "Placement across hosts". No groups: one supervisor runs all.
@@ -168,6 +199,8 @@ class Config(_S):
     strategy: StrategyCfg = msgspec.field(default_factory=StrategyCfg)
     state: StateCfg = msgspec.field(default_factory=StateCfg)
     placement: PlacementCfg = msgspec.field(default_factory=PlacementCfg)
+    session: SessionCfg | None = None  # no [session]: 24/7, no square-off, no market-closed
+    options: OptionsCfg = msgspec.field(default_factory=OptionsCfg)
 
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")

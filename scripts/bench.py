@@ -505,6 +505,42 @@ def sweep_bench(quick: bool) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def options_figures(quick: bool, tmp: str) -> dict:
+    """Section 5: the option maths (prices with greeks a second), the synthetic feed's cost of
+    quoting the config/options-intraday.toml chain each interval, and the options backtest
+    (config/options-backtest.toml, the shipped sample) under the in-process kernel."""
+    import datetime as dt
+
+    import config as config_mod
+    from actors import market_rules
+    from actors import options as op
+    from actors.instruments import load as load_instruments
+
+    n = 20_000 if quick else 200_000
+    t0 = time.perf_counter()
+    for i in range(n):
+        op.greeks(100.0 + (i % 50) * 0.1, 100.0, 0.1, 0.03, 0.25, "C" if i % 2 else "P")
+    greeks_s = n / (time.perf_counter() - t0)
+    cfg = config_mod.load(os.path.join(ROOT, "config", "options-intraday.toml"))
+    insts, _ = load_instruments("synthetic", cfg.market_data.symbols)
+    insts, mapped = op.with_synthetic_chain(cfg, insts, dt.date.today())
+    q = market_rules.OptionQuoter(cfg, insts)
+    now = time.time_ns()
+    rounds = 200 if quick else 2_000
+    t0 = time.perf_counter()
+    for k in range(rounds):
+        q.quotes({"SYN1": 100.0 + (k % 20) * 0.05}, now)
+    per_interval = (time.perf_counter() - t0) / rounds
+    run_dir = os.path.join(tmp, "opt-bt")
+    os.makedirs(run_dir)
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "supervisor.py", "--config", "config/options-backtest.toml", "--run-dir",
+                        run_dir], cwd=ROOT, capture_output=True, timeout=600)
+    bt_s = time.monotonic() - t0
+    return {"greeks_per_s": greeks_s, "options": mapped, "quote_interval_s": per_interval, "backtest_s": bt_s,
+            "backtest_exit": p.returncode}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="paperbus benchmarks (figures only)")
     ap.add_argument("--quick", action="store_true", help="small sizes, one round (runs in the test suite)")
@@ -514,10 +550,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="bars of the file both kernels run for peak memory (0: skip)")
     ap.add_argument("--sweep", action="store_true",
                     help="only the parameter sweep figures (scripts/sweep.py: trials/s on 1 and 2 workers)")
+    ap.add_argument("--only-options", action="store_true", help="section 5 (options) alone")
     args = ap.parse_args(argv)
     quick = args.quick
     if args.sweep:
         return sweep_bench(quick)
+    if args.only_options:
+        tmp = tempfile.mkdtemp(prefix="pbb-", dir="/tmp")
+        try:
+            return _print_options(options_figures(quick, tmp))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     n_bars = 20_000 if quick else args.bars
     n_bt = 2_000 if quick else 50_000
     n_lat = 50 if quick else 1_000
@@ -599,9 +642,20 @@ def main(argv: list[str] | None = None) -> int:
         for n, kb in rss.items():
             print(f"  {n:40} {kb / 1024:8.1f} MB")
         print(f"  {'total':40} {sum(rss.values()) / 1024:8.1f} MB   (target <= 300 MB)")
-        return 0 if inproc["exit"] == 0 and actors["exit"] == 0 and same else 1
+        opt_ok = _print_options(options_figures(quick, tmp)) == 0
+        return 0 if inproc["exit"] == 0 and actors["exit"] == 0 and same and opt_ok else 1
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _print_options(o: dict) -> int:
+    print("\n5. options (actors/options.py, the synthetic chain, config/options-backtest.toml)")
+    print(f"  Black-Scholes price + 4 greeks          {o['greeks_per_s']:>12,.0f} /s")
+    print(f"  synthetic quotes of {o['options']} options          {o['quote_interval_s'] * 1e3:>12.2f} ms per interval "
+          f"(one quote and one bar each)")
+    print(f"  options backtest, shipped sample         {o['backtest_s']:>12.2f} s wall, supervisor start to exit "
+          f"(exit {o['backtest_exit']})")
+    return 0 if o["backtest_exit"] == 0 else 1
 
 
 if __name__ == "__main__":

@@ -81,6 +81,34 @@ def trading_flags(state: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
+def market_lines(state: dict[str, Any]) -> list[Any]:
+    """The session (state, next change) and the portfolio's greeks, one line each, when the
+    view has them ([session] configured; options in the master)."""
+    from rich.text import Text
+
+    out = []
+    ses = state.get("session") or {}
+    if ses.get("configured"):
+        st = str(ses.get("state", "unknown"))
+        line = Text("session ", style="bold", no_wrap=True, overflow="ellipsis")
+        line.append(st, style="bold green" if st == "open" else "bold yellow" if st in ("pre-open", "square-off")
+                    else "bold red")
+        if ses.get("next_ns"):
+            line.append(f"  next {ses.get('next_state')} at {_when(ses['next_ns'])}")
+        line.append(f"  ({ses.get('timezone')}{', ' + ses['calendar'] if ses.get('calendar') else ''})", style="dim")
+        out.append(line)
+    g = state.get("greeks") or {}
+    if g.get("known"):
+        pf = g.get("portfolio") or {}
+        deltas = "  ".join(f"{u} {_signed(d)}" for u, d in sorted((pf.get("delta") or {}).items())) or "0"
+        line = Text("greeks ", style="bold", no_wrap=True, overflow="ellipsis")
+        line.append_text(Text.from_markup(
+            f"delta {deltas}  vega {_signed(pf.get('vega'))}  theta {_signed(pf.get('theta'))}/yr"
+            f"  ({len(g.get('positions') or {})} option positions)"))
+        out.append(line)
+    return out
+
+
 def _table(*cols: tuple[str, str]) -> Any:
     """A borderless table, header row as its title: one line per row, never wrapped."""
     from rich.table import Table
@@ -137,6 +165,7 @@ def render(state: dict[str, Any] | None, seq: int, stale: bool, age: float | Non
     elif t.get("paused") and not t.get("flattening"):
         line.append("  `ctl resume` to trade")
     parts.append(line)
+    parts += market_lines(state)
 
     acct = state.get("account") or {}
     a1 = Text(no_wrap=True, overflow="ellipsis")

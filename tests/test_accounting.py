@@ -121,6 +121,16 @@ def test_bad_fill_is_refused_and_changes_nothing(bad):
     assert (a.cash, a.fees, a.n_fills, a.positions["A"].qty, a.positions["A"].avg_price) == before
 
 
+def test_a_zero_price_only_closes_a_position():
+    # an option expiring worthless is closed at 0; nothing opens at 0
+    a = Account(1000.0)
+    a.apply_fill("O", "buy", 3, 2.0, multiplier=100.0)
+    with pytest.raises(AccountingError, match="0 only to close"):
+        a.apply_fill("O", "sell", 4, 0.0, multiplier=100.0)  # would open a short
+    r = a.apply_fill("O", "sell", 3, 0.0, multiplier=100.0)
+    assert r.position == 0 and r.realized == approx(-600.0) and a.cash == approx(400.0)
+
+
 # ----------------------------------------------------------------- properties
 fills = st.lists(
     st.tuples(

@@ -130,7 +130,7 @@ def test_base_not_found_names_the_key_and_the_file(tmp_path):
         load(child)
     assert str(ei.value) == (f"{child}: key base: 'default.toml': file not found: {tmp_path / 'default.toml'} "
                              f"(a path is relative to {tmp_path}; built-in configs: 'backtest', 'default', "
-                             "'placement')")
+                             "'options-backtest', 'options-intraday', 'placement')")
 
 
 @pytest.mark.parametrize("name", ["default", "backtest"])
@@ -159,3 +159,14 @@ def test_params_go_with_their_plugin(tmp_path):
     assert load(None, ["strategy.plugin=x.y:Z"]).strategy.params == {}
     assert load(None, ["strategy.params.n=3", "strategy.plugin=x.y:Z"]).strategy.params == {"n": 3}
     assert load(None, ["strategy.params.qty=3"]).strategy.params == {"fast": 10, "slow": 30, "qty": 3}
+
+
+def test_session_and_options_tables():
+    cfg = load(None)
+    assert cfg.session is None and cfg.options.expiry_days == []  # the default: 24/7, no synthetic chain
+    cfg = load(None, ['session.timezone="Asia/Kolkata"', 'session.square_off="15:20"', "options.strikes=3"])
+    assert cfg.session.timezone == "Asia/Kolkata" and cfg.session.open == "09:30" and cfg.options.strikes == 3
+    with pytest.raises(ConfigError, match="session.nope"):
+        load(None, ["session.nope=1"])
+    with pytest.raises(ConfigError, match="options.strikes"):
+        load(None, ["options.strikes=-1"])

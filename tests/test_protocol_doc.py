@@ -15,6 +15,8 @@ import subprocess
 import msgspec
 import pytest
 
+import config as config_mod
+from actors.market_rules import ViewMarket
 from actors.state_view import KEYS, StateView
 from bus import messages as m
 from scripts import protocol_doc as pd
@@ -22,6 +24,8 @@ from tests.harness import PY, ROOT
 
 T0 = 1_700_000_000 * 10**9
 MIN = 60 * 10**9
+OPT = m.Instrument(symbol="AAA-231215-C-12", kind="option", tick_size=0.01, multiplier=100.0, underlying="AAA",
+                   strike=12.0, expiry="2023-12-15", right="C")
 
 
 def test_the_doc_matches_the_code():
@@ -59,9 +63,11 @@ def test_every_message_field_is_in_the_doc_with_its_type_and_default():
 def _sample_view() -> StateView:
     """A view that has been through every kind of message it tracks."""
     v = StateView("run-1", last_trades=5)
+    # options and a session: the greeks and session keys filled in (actors/market_rules.ViewMarket)
+    v.attach_market(ViewMarket(config_mod.load(None, ['session.timezone="America/New_York"']), wall_clock=False))
     v.apply(m.InstrumentsReply(instruments=[m.Instrument(symbol="AAA", kind="equity", tick_size=0.01),
                                             m.Instrument(symbol="FUT", kind="future", tick_size=0.25,
-                                                         multiplier=50.0)], option_mappings=0))
+                                                         multiplier=50.0), OPT], option_mappings=1))
     v.apply(m.ActorEvent(actor="paper-exchange", state="running", pid=7), T0)
     v.apply(m.AccountUpdate(account=m.AccountInfo(cash=1e6, equity=1e6, initial_cash=1e6), positions=[], ts=T0))
     for i in range(5):
@@ -78,6 +84,11 @@ def _sample_view() -> StateView:
                       fseq=i + 1))
     v.apply(m.Fill(fill_id=2, order_id=3, cl_id="c3", symbol="AAA", side="sell", qty=5, price=13.0,
                    ts=T0 + 9 * MIN, position=5, realized=5.0))
+    v.apply(m.AccountUpdate(account=m.AccountInfo(cash=1e6 - 500, equity=1e6, initial_cash=1e6),
+                            positions=[m.PositionInfo(symbol="AAA", qty=5, avg_price=12.0, mark=13.0),
+                                       m.PositionInfo(symbol=OPT.symbol, qty=-2, avg_price=1.0, mark=1.0)],
+                            ts=T0 + 9 * MIN))
+    v.apply(m.Bar(symbol=OPT.symbol, ts=T0 + 9 * MIN, open=1.2, high=1.2, low=1.2, close=1.2, fseq=10))
     v.apply(m.EndOfData(feed="f", count=9, last_fseq=9))
     return v
 

@@ -22,7 +22,10 @@ to its constructor as keyword arguments::
     # config: [strategy] plugin = "mystrats.breakout:Breakout"  params = { lookback = 50 }
 
 Hooks (all optional): ``on_start``, ``on_bar(bar)``, ``on_tick(tick)``,
-``on_fill(fill)``, ``on_order_rejected(reject)``, ``on_stop``.
+``on_fill(fill)``, ``on_order_rejected(reject)``, ``on_stop``; with a [session]
+table ``on_session_open(day)`` / ``on_session_close(day)``. Options: ``chain``,
+``expiries``, ``atm``, ``option_by_offset``, ``option_by_delta``, ``greeks``,
+``session_state`` (actors/strategies/market_api.py).
 Helpers: ``submit(symbol, side, qty, order_type, price=None, tif="GTC")`` (order_type
 has no default), ``cancel``, ``target_position`` (market orders); read access: ``position``,
 ``instruments``, ``params``, ``log``.
@@ -40,6 +43,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, get_args
 
+from actors.strategies.market_api import MarketApi
 from bus.messages import (
     Bar, CancelOrder, Fill, Instrument, OrderReject, OrderType, OrderUpdate, QueryReply, SubmitOrder, Tick,
     TimeInForce,
@@ -177,8 +181,8 @@ class Context:
         return self.submit(symbol, "buy" if diff > 0 else "sell", abs(diff), "market")
 
 
-class Strategy:
-    """Base class of strategy plugins. The constructor takes ``strategy.params`` as keywords.
+class Strategy(MarketApi):
+    """Base class of strategy plugins (options and trading hours: actors/strategies/market_api.py). The constructor takes ``strategy.params`` as keywords.
 
     ``warmup_bars``: bars per symbol the indicators need; orders are refused
     until then (the host warms up from market-data history at start).
