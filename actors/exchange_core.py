@@ -273,7 +273,7 @@ class ExchangeCore:
             return refusal
         try:
             o = self._accept(m.cl_id, m.symbol, m.side, m.qty, m.order_type, m.price, m.tif, "accepted",
-                             self._pending_hold)
+                             hold=self._pending_hold)
         except sqlite3.IntegrityError:
             seen = self._known(m.cl_id)
             if seen is None:

@@ -32,6 +32,13 @@ def to_atoms(q: int | float) -> int:
     return int(d.quantize(_ATOM, rounding=ROUND_HALF_EVEN))
 
 
+def exact(q: int | float) -> bool:
+    """True when ``q`` has at most DECIMALS decimals (as it prints), so atoms hold it exactly."""
+    if type(q) is int or q.is_integer():
+        return True
+    return Decimal(repr(q)) == Decimal(to_atoms(q)).scaleb(-DECIMALS)
+
+
 def from_atoms(a: int) -> int | float:
     """Atoms back to a quantity: an int when whole, else the float nearest the exact decimal."""
     w, r = divmod(a, SCALE)
