@@ -8,7 +8,7 @@ Calls in, replies back, events out, no sockets, no threads, no timers:
   (``fill_on = "close"``: the client sees its order id before the fill);
 - operator commands: ``command(cmd, args)`` (pause, resume, halt, unhalt, flatten,
   stop-and-close, cancel-all) returns the answer or raises ``Refused``;
-- market data: ``on_bar``, ``on_tick``, ``end_of_data``;
+- market data: ``on_bar``, ``on_tick``, ``on_quote``, ``on_feed_status``, ``end_of_data``;
 - events: ``emit(msg)`` gets every Fill, OrderUpdate and AccountUpdate in the order they
   happen, each after the ledger committed what it reports;
 - the caller's timers: ``publish_marks`` (an AccountUpdate when marks changed since the
@@ -31,6 +31,17 @@ Fill model (documented rules):
   max(open, L). Buy stop S triggers if high >= S, fills at max(open, S); sell stop
   if low <= S at min(open, S): the limit/stop price, or the open on a gap through it.
 - Ticks are bars with open = high = low = close = the tick price.
+- Quotes (best bid/offer): once a symbol has had one, it fills and marks on quotes
+  only (a bar or trade print says where the market traded, not where we could).
+  Market buys fill at the ask, sells at the bid (plus slippage); buy limit L when
+  ask <= L at the ask, sell limit when bid >= L at the bid; a buy stop triggers when
+  the bid reaches S, a sell stop when the ask does (the opposite side, so a spread
+  widening alone triggers nothing), filled at the ask / bid plus slippage. A crossed
+  or locked quote (bid >= ask) fills nothing and marks nothing; marks are the mid.
+- Feed status: while a feed is not ok nothing fills on its symbols (all of the feed's
+  when ``symbols`` is empty), whatever data still arrives; orders are accepted as
+  usual. Once it is ok again, orders fill on the first fresh data (a market order
+  under fill_on = "close" does not fill at once on a price from before the outage).
 - Slippage (``slippage_bps``) moves market and stop fill prices against the trader,
   rounded outwards to the tick size. Commission per fill:
   max(commission_min, commission_pct * qty * price * multiplier + commission_per_unit * qty).
@@ -48,9 +59,30 @@ Fill model (documented rules):
   The flags (and "flattening": flatten orders still open) ride on every
   AccountUpdate and QueryReply, and an AccountUpdate goes out on each change.
 
-Risk checks on submit: max open orders; worst-case position (position + open orders on
-the same side + this order) within max_position; order notional (qty * price *
-multiplier, market orders at the last price if one is known) within max_order_notional.
+Quantities: an int for whole units, else a float; kept as integer atoms of 10^-9 units
+(bus/quantity.py) in the book, the account and every comparison, so positions, fills and
+realized PnL never drift (whole-unit instruments compute the very same floats as ever).
+
+Checks on submit, in order: halted, paused, known instrument, price given for limit and
+stop only, qty a positive multiple of the lot size (bad-lot-size), at least min_qty
+(below-min-qty), price on the tick size; max open orders; worst-case position
+(position + open orders on the same side + this order) within max_position; order
+notional (qty * price * multiplier, market orders at the ask/bid or last price if one
+is known) within max_order_notional and at least min_notional (below-min-notional);
+then buying power (insufficient-funds):
+
+- ``account = "cash"``: a buy's cost plus fee (at its limit, else the market's price)
+  must fit in the cash less what open buys hold; a sell may not exceed the position
+  less the open sells (no short sales). At its fill a buy whose cost plus fee exceeds
+  the cash (a gap) is cancelled ("insufficient funds at fill"): cash never goes below 0.
+- ``account = "margin"``: the initial margin the order adds, max(initial_margin,
+  1/leverage) * the notional by which it grows |position| (open orders on its side
+  counted as filled; reducing orders add none), plus fee, must fit in the equity less
+  the positions' initial margin (at their marks) and what open orders hold. When a
+  mark leaves the equity below maintenance_margin * the positions' value, every open
+  order is cancelled and each position closed by a market order ("liquidation",
+  cl_id liquidation-N) that fills as any market order on the next data; the ledger's
+  events table records the equity and margin figures. maintenance_margin = 0: never.
 
 Query returns every position (flat ones too, with their realized PnL), the open orders
 and the account.
