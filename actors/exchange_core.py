@@ -730,6 +730,11 @@ class ExchangeCore:
             # A quoted symbol fills and marks on its quotes only: a bar or trade says where
             # the market traded, not where we could trade now.
             self.n_prices += 1
+            if self.series is not None:  # still a row of the curve, at the quotes' marks
+                mv = 0
+                for p in self._held:
+                    mv += p.qty * p.mark * p.multiplier
+                self.series.record(ts, self.acct.cash + mv, self._units)
             return
         ids = self.book.get(sym)
         if self.feed_stale and self._stale(sym):

@@ -265,3 +265,73 @@ class LongOnlyCross(Strategy):
             return
         up = sum(c[-self.fast:]) / self.fast > sum(c) / self.slow
         self.target_position(bar.symbol, self.qty if up else 0)
+
+
+# ------------------------------------------------------------ in-process kernel
+class _Log:
+    """What the kernel's log must do: record and bind."""
+
+    def __init__(self):
+        self.lines = []
+
+    def bind(self, **_kw):
+        return self
+
+    def __getattr__(self, level):
+        return lambda event, **kw: self.lines.append((level, event, kw))
+
+
+class _QuoteFeed:
+    """A replay feed of trades and quotes (what a recorded venue feed hands the kernel)."""
+
+    kind = "ticks"
+
+    def __init__(self, msgs):
+        self.msgs = msgs
+        self.total = len(msgs)
+
+    def messages(self):
+        return iter(self.msgs)
+
+    def end(self):
+        from bus.messages import EndOfData
+        return EndOfData(feed="test", count=self.total, last_fseq=self.total)
+
+
+class QuoteBuyer(Strategy):
+    """Buys 0.005 on its first quote; the in-process kernel must hand quotes to on_quote."""
+
+    def __init__(self):
+        self.quotes = 0
+
+    def on_quote(self, quote):
+        self.quotes += 1
+        if self.quotes == 1:
+            self.submit(quote.symbol, "buy", 0.005, "market")
+
+
+def test_the_inprocess_kernel_passes_quotes_to_the_exchange_and_the_strategy(tmp_path):
+    from actors.kernel import Backtest
+    from bus.messages import Tick
+    cfg = config_mod.load("config/backtest.toml", ['strategy.plugin="tests.test_quotes_funds:QuoteBuyer"',
+                                                   "strategy.params={}"])
+    bt = Backtest(cfg, str(tmp_path), "r1", _Log())
+    bt.instruments = INSTRUMENTS
+    sym = "BTC/USDT"
+    bt.feed = _QuoteFeed([
+        Quote(symbol=sym, ts=T0 + 1, bid=100.0, ask=100.5, fseq=1),
+        Tick(symbol=sym, ts=T0 + 2, price=90.0, fseq=2),  # a trade print: no fill on a quoted symbol
+        Quote(symbol=sym, ts=T0 + 3, bid=101.0, ask=101.5, fseq=3),
+    ])
+    bt.init("paper-exchange", bt._init_exchange)
+    bt.init("strategy", bt._init_strategy)
+    bt.run()
+    assert bt.host.plugin.quotes == 2
+    fills = bt.ledger.fills()
+    assert [(r["qty"], r["price"]) for r in fills] == [(0.005, 101.5)]
+    with open(tmp_path / "equity.csv") as f:
+        rows = [line.rstrip("\n").split(",") for line in f][1:]
+    assert [r[4] for r in rows] == ["0", "0", "0.005"]  # a fractional position prints as itself
+    # equity: the fee (0.2% of 0.5075) and the half spread (marked at the mid 101.25) below the cash
+    assert bt.ex.acct.equity == pytest.approx(1_000_000 - 0.002 * 0.005 * 101.5 + 0.005 * (101.25 - 101.5))
+    bt.ex.close()
