@@ -664,8 +664,10 @@ class ExchangeCore:
         arrives after it is ok again (never on a price from before)."""
         was = self.feed_stale.get(fs.feed, False)
         if fs.state == "ok":
-            if fs.symbols and was:
-                left = set(was) - set(fs.symbols)
+            if fs.symbols and was is not False:
+                # Some symbols are back: the rest of the feed's stay stale ("all" becomes
+                # every instrument but those).
+                left = (set(self.instruments) if was is None else set(was)) - set(fs.symbols)
                 if left:
                     self.feed_stale[fs.feed] = left
                 else:

@@ -159,8 +159,10 @@ def render(state: dict[str, Any] | None, seq: int, stale: bool, age: float | Non
               f"  fees {_num(acct.get('fees'))}")
     if not acct.get("known"):
         a1.append("  (no report from the exchange yet)", style="yellow")
+    bp = (f"  buying power {_num(acct.get('buying_power'))} ({acct.get('account_type')})"
+          if acct.get("account_type") else "")
     a2 = Text.from_markup(f"realized {_signed(acct.get('realized'))}  unrealized (Total MTM) "
-                          f"{_signed(acct.get('unrealized'))}  gross exposure {_num(acct.get('gross_exposure'))}")
+                          f"{_signed(acct.get('unrealized'))}  gross exposure {_num(acct.get('gross_exposure'))}{bp}")
     a2.no_wrap, a2.overflow = True, "ellipsis"
     parts += [a1, a2]
 

@@ -335,3 +335,14 @@ def test_the_inprocess_kernel_passes_quotes_to_the_exchange_and_the_strategy(tmp
     # equity: the fee (0.2% of 0.5075) and the half spread (marked at the mid 101.25) below the cash
     assert bt.ex.acct.equity == pytest.approx(1_000_000 - 0.002 * 0.005 * 101.5 + 0.005 * (101.25 - 101.5))
     bt.ex.close()
+
+
+def test_feed_status_per_symbol_recovery_keeps_the_others_stale(books):
+    b = books(fill_on="close")
+    b.core.on_feed_status(FeedStatus(feed="f", state="stale"))  # every symbol
+    b.core.on_feed_status(FeedStatus(feed="f", state="ok", symbols=["AAA"]))
+    assert not b.core._stale("AAA") and b.core._stale("BTC/USDT")
+    b.core.on_feed_status(FeedStatus(feed="other", state="ok"))  # another feed's news changes nothing here
+    assert b.core._stale("BTC/USDT")
+    b.core.on_feed_status(FeedStatus(feed="f", state="ok"))
+    assert not b.core._stale("BTC/USDT")
