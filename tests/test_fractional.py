@@ -7,6 +7,7 @@ import csv
 import os
 import random
 import sqlite3
+import tempfile
 from decimal import Decimal
 
 import msgspec
@@ -93,35 +94,41 @@ def test_float_noise_is_read_as_the_decimal_it_prints():
 
 
 # ------------------------------------------------------------ exchange + ledger
-def test_fractional_fills_round_trip_exactly_through_the_ledger(tmp_path):
-    """10,000 fills of step-sized BTC quantities through the exchange and its SQLite ledger:
-    the live position, the ledger's positions row and a rebuilt exchange all hold the exact sum."""
-    core = make_core(tmp_path)
-    rng = random.Random(7)
-    exact = Decimal(0)
-    bar(core, "BTC/USDT", T0, 500.0)
-    for i in range(10_000):
-        n = rng.randint(10, 900)  # min_notional 5 at 500: at least 0.01
-        side = "buy" if exact <= 0 or rng.random() < 0.5 else "sell"
-        r = submit(core, f"c{i}", "BTC/USDT", side, float(Decimal(n) / 1000))
-        assert isinstance(r, OrderAck), r
-        exact += (Decimal(n) if side == "buy" else -Decimal(n)) / 1000
-    want = float(exact) if exact % 1 else int(exact)
-    assert core.acct.position("BTC/USDT") == want
-    assert core.ledger.positions()["BTC/USDT"]["qty"] == want
-    assert sum(Decimal(repr(r["qty"])) * (1 if r["side"] == "buy" else -1) for r in core.ledger.fills()) == exact
-    core.export()
-    core.close()
-    again = make_core(tmp_path)
-    assert again.acct.position("BTC/USDT") == want
-    assert again.acct.positions["BTC/USDT"].units == int(exact.scaleb(9))
-    assert again.acct.realized == pytest.approx(core.acct.realized, rel=1e-12)
-    with open(tmp_path / "fills.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert len(rows) == 10_000
-    assert all(len(r["qty"].partition(".")[2]) == 3 for r in rows)  # the step's decimals
-    assert sum(Decimal(r["qty"]) * (1 if r["side"] == "buy" else -1) for r in rows) == exact
-    again.close()
+@settings(max_examples=3, deadline=None)
+@given(st.integers(0, 2**32), st.sampled_from([("BTC/USDT", 1000, 10), ("ETH-PERP", 100, 2)]))
+def test_fractional_fills_round_trip_exactly_through_the_ledger(seed, inst):
+    """10,000 fills of random step-sized quantities through the exchange and its SQLite
+    ledger: the live position, the ledger's positions row and fills, fills.csv and a
+    rebuilt exchange all hold the exact decimal sum."""
+    sym, per_unit, min_steps = inst  # steps per unit (1 / lot_size); steps that clear min_notional at 500
+    with tempfile.TemporaryDirectory() as d:
+        core = make_core(d, initial_cash=1e12, max_order_notional=1e13)
+        rng = random.Random(seed)
+        exact = Decimal(0)
+        bar(core, sym, T0, 500.0)
+        for i in range(10_000):
+            n = rng.randint(min_steps, 900)
+            side = "buy" if exact <= 0 or rng.random() < 0.5 else "sell"
+            r = submit(core, f"c{i}", sym, side, float(Decimal(n) / per_unit))
+            assert isinstance(r, OrderAck), r
+            exact += (Decimal(n) if side == "buy" else -Decimal(n)) / per_unit
+        want = float(exact) if exact % 1 else int(exact)
+        assert core.acct.position(sym) == want
+        assert core.ledger.positions()[sym]["qty"] == want
+        assert sum(Decimal(repr(r["qty"])) * (1 if r["side"] == "buy" else -1) for r in core.ledger.fills()) == exact
+        core.export()
+        core.close()
+        again = make_core(d)
+        assert again.acct.position(sym) == want
+        assert again.acct.positions[sym].units == int(exact.scaleb(9))
+        assert again.acct.realized == pytest.approx(core.acct.realized, rel=1e-12)
+        with open(os.path.join(d, "fills.csv")) as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == 10_000
+        decimals = len(str(per_unit)) - 1
+        assert all(len(r["qty"].partition(".")[2]) == decimals for r in rows)  # the step's decimals
+        assert sum(Decimal(r["qty"]) * (1 if r["side"] == "buy" else -1) for r in rows) == exact
+        again.close()
 
 
 def test_a_ledger_written_with_integer_quantity_columns_opens_and_takes_fractions(tmp_path):
