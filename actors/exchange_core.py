@@ -216,8 +216,11 @@ class ExchangeCore:
             o = OrderInfo(order_id=r["order_id"], cl_id=r["cl_id"], symbol=r["symbol"], side=r["side"], qty=r["qty"],
                           filled=r["filled"], order_type=r["order_type"], price=r["price"], tif=r["tif"],
                           status=r["status"], ts=r["ts"])
+            # What it holds, as when it was accepted: before it is in the book's open quantities.
+            hold = self._hold(o.symbol, o.side, to_atoms(o.qty) - to_atoms(o.filled), o.price)
             self._book_add(o)
-            self.reserve[o.order_id] = self._hold(o.symbol, o.side, to_atoms(o.qty) - to_atoms(o.filled), o.price)
+            if hold:
+                self.reserve[o.order_id] = hold
             if r["reason"] == "flatten":
                 self.flattening.add(o.order_id)
             elif r["reason"] == "liquidation":

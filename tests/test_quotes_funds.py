@@ -346,3 +346,16 @@ def test_feed_status_per_symbol_recovery_keeps_the_others_stale(books):
     assert b.core._stale("BTC/USDT")
     b.core.on_feed_status(FeedStatus(feed="f", state="ok"))
     assert not b.core._stale("BTC/USDT")
+
+
+def test_what_open_orders_hold_is_held_again_after_a_restart(tmp_path):
+    b = Books(tmp_path, account="cash", initial_cash=10_000.0)
+    b.bar("AAA", 100.0, 100.0, 100.0, 100.0)
+    assert isinstance(b.submit(sym="AAA", qty=60, order_type="limit", price=90.0), OrderAck)  # holds 5,400
+    b.close()
+    again = Books(tmp_path, account="cash", initial_cash=10_000.0)
+    again.n = 1  # its client order ids go on from c2
+    r = again.submit(sym="AAA", qty=50, order_type="limit", price=95.0)  # 4,750 > 10,000 - 5,400
+    assert isinstance(r, OrderReject) and "5400.00 held by open buy orders" in r.text
+    assert again.core.query().account.buying_power == pytest.approx(4_600.0)
+    again.close()
