@@ -3,7 +3,10 @@
 No sockets, no I/O: the exchange feeds fills and marks in, the tests feed random
 sequences in, and both see the same numbers. Conventions:
 
-- a position is a signed int (long > 0, short < 0), in whole units;
+- a position is signed (long > 0, short < 0). Quantities arrive as ints (whole units) or
+  floats (0.015 BTC) and are kept as integer atoms of 10^-9 units (``Position.units``,
+  bus/quantity.py), so the position after any number of fills is the exact decimal sum;
+  ``Position.qty`` is its view: an int when whole, else the nearest float;
 - ``avg_price`` is the volume-weighted entry price of the open quantity; reducing a
   position leaves it unchanged, a reversal resets it to the reversing fill's price;
 - ``realized`` is gross (before fees); fees are accumulated separately, so
@@ -21,12 +24,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from bus.quantity import SCALE, from_atoms, to_atoms
+
 
 @dataclass(slots=True)
 class RoundTrip:
     symbol: str
     side: str  # "long" or "short": direction of the position that was closed
-    qty: int
+    qty: int | float
     entry_ts: int
     entry_price: float
     exit_ts: int
@@ -43,7 +48,8 @@ class RoundTrip:
 class Position:
     symbol: str
     multiplier: float = 1.0
-    qty: int = 0
+    qty: int | float = 0  # view of ``units``: int when whole, else the nearest float
+    units: int = 0  # the position in atoms (10^-9 units): the exact figure
     avg_price: float = 0.0
     mark: float = 0.0
     realized: float = 0.0
@@ -65,7 +71,7 @@ class Position:
 @dataclass(slots=True)
 class FillResult:
     realized: float  # gross PnL this fill realized
-    position: int  # position after the fill
+    position: int | float  # position after the fill
     trips: list[RoundTrip] = field(default_factory=list)
 
 
@@ -91,7 +97,7 @@ class Account:
         self.n_fills = 0
 
     # ---------------------------------------------------------------- events
-    def apply_fill(self, symbol: str, side: str, qty: int, price: float, fee: float = 0.0, ts: int = 0,
+    def apply_fill(self, symbol: str, side: str, qty: int | float, price: float, fee: float = 0.0, ts: int = 0,
                    multiplier: float = 1.0) -> FillResult:
         if side == "buy":
             s = 1
@@ -99,9 +105,19 @@ class Account:
             s = -1
         else:
             raise AccountingError(f"side must be buy or sell, got {side!r}")
-        if type(qty) is not int or qty <= 0:
-            raise AccountingError(f"fill qty must be a positive int, got {qty!r}")
-        if not (math.isfinite(price) and price > 0) and not (price == 0 and self._closes(symbol, s, qty)):
+        tq = type(qty)
+        if tq is int:
+            if qty <= 0:
+                raise AccountingError(f"fill qty must be > 0, got {qty!r}")
+            qa = qty * SCALE
+        elif tq is float and math.isfinite(qty) and qty > 0:
+            qa = to_atoms(qty)
+            if qa <= 0:
+                raise AccountingError(f"fill qty {qty!r} is below 10^-9 units")
+            qty = from_atoms(qa)  # the decimal it means (an int when whole)
+        else:
+            raise AccountingError(f"fill qty must be a positive finite number, got {qty!r}")
+        if not (math.isfinite(price) and price > 0) and not (price == 0 and self._closes(symbol, s, qa)):
             # 0 only closes: an option expiring worthless (actors/options.py); never an opening trade
             raise AccountingError(f"fill price must be finite and > 0 (0 only to close a position), got {price!r}")
         if not (math.isfinite(fee) and fee >= 0):
@@ -120,45 +136,50 @@ class Account:
         p.fees += fee
         self.n_fills += 1
         res = FillResult(0.0, 0)
-        open_qty, open_fee = qty, fee
-        if p.qty != 0 and (p.qty > 0) != (s > 0):
-            held = abs(p.qty)
-            close = min(qty, held)
-            direction = 1 if p.qty > 0 else -1
+        open_a, open_fee = qa, fee
+        units = p.units
+        if units != 0 and (units > 0) != (s > 0):
+            held_a = abs(units)
+            close_a = min(qa, held_a)
+            # Whole units (every equity) keep the int arithmetic, and so the same floats, as ever.
+            close = from_atoms(close_a)
+            direction = 1 if units > 0 else -1
             pnl = close * (price - p.avg_price) * m * direction
             exit_fee = fee * close / qty
-            entry_fee = p.open_fees if close == held else p.open_fees * close / held
+            entry_fee = p.open_fees if close_a == held_a else p.open_fees * close / from_atoms(held_a)
             p.open_fees -= entry_fee
             trip = RoundTrip(symbol, "long" if direction > 0 else "short", close, p.open_ts, p.avg_price, ts,
                              price, pnl, entry_fee + exit_fee)
             res.trips.append(trip)
             if self.keep_trips:
                 self.trips.append(trip)
-            p.qty += s * close
+            units += s * close_a
             p.realized += pnl
             self.realized += pnl
             res.realized = pnl
-            open_qty = qty - close
+            open_a = qa - close_a
             open_fee = fee - exit_fee
-            if p.qty == 0:
+            if units == 0:
                 p.avg_price, p.open_ts, p.open_fees = 0.0, 0, 0.0
-        if open_qty:
-            if p.qty == 0:
+        if open_a:
+            if units == 0:
                 p.avg_price, p.open_ts = float(price), ts
             else:
-                held = abs(p.qty)
-                p.avg_price = (held * p.avg_price + open_qty * price) / (held + open_qty)
-            p.qty += s * open_qty
+                held, add = from_atoms(abs(units)), from_atoms(open_a)
+                p.avg_price = (held * p.avg_price + add * price) / (held + add)
+            units += s * open_a
             p.open_fees += open_fee
+        p.units = units
+        p.qty = from_atoms(units)
         # A fill is a trade at that price: the freshest mark until market data says otherwise.
         p.mark = float(price)
         res.position = p.qty
         return res
 
-    def _closes(self, symbol: str, sign: int, qty: int) -> bool:
-        """A fill of ``sign`` x ``qty`` only reduces the position (no opening part)."""
+    def _closes(self, symbol: str, sign: int, atoms: int) -> bool:
+        """A fill of ``sign`` x ``atoms`` (10^-9 units) only reduces the position (no opening part)."""
         p = self.positions.get(symbol)
-        return p is not None and p.qty * sign < 0 and qty <= abs(p.qty)
+        return p is not None and p.units * sign < 0 and atoms <= abs(p.units)
 
     def mark(self, symbol: str, price: float) -> bool:
         """Mark an instrument; returns True when an open position's value changed."""
@@ -171,9 +192,14 @@ class Account:
         return p.qty != 0
 
     # ---------------------------------------------------------------- views
-    def position(self, symbol: str) -> int:
+    def position(self, symbol: str) -> int | float:
         p = self.positions.get(symbol)
         return p.qty if p else 0
+
+    def units(self, symbol: str) -> int:
+        """The position in atoms (10^-9 units): for exact sums and comparisons."""
+        p = self.positions.get(symbol)
+        return p.units if p else 0
 
     @property
     def unrealized(self) -> float:

@@ -4,7 +4,7 @@ the rules).
 
 Sockets: ROUTER "orders" (requests from strategies/monitors), PUB "exec" (fills on
 exec.fill.<SYM>, order updates on exec.order.<SYM>, account on acct.update), SUB
-"md" (bars, ticks, end-of-data), DEALER "md.ref" (instrument master, asked once in init).
+"md" (bars, ticks, quotes, feed status, end-of-data), DEALER "md.ref" (instrument master, asked once in init).
 Each request is decoded, handed to the core after the market data already queued (so an
 order sent in reaction to bar N is matched from bar N+1 on), and answered; whatever the
 core emits is published on "exec".
@@ -43,8 +43,8 @@ from actors.ledger import Ledger
 from bus.codec import ProtocolError
 from bus.faults import disk_error
 from bus.messages import (
-    AccountUpdate, Bar, BarBatch, CancelAll, CancelOrder, EndOfData, Fill, Finished, Flatten, Instrument,
-    InstrumentsReply, InstrumentsRequest, MdError, OrdersError, OrderUpdate, Progress, Query, SubmitOrder, Tick,
+    AccountUpdate, Bar, BarBatch, CancelAll, CancelOrder, EndOfData, FeedStatus, Fill, Finished, Flatten, Instrument,
+    InstrumentsReply, InstrumentsRequest, MdError, OrdersError, OrderUpdate, Progress, Query, Quote, SubmitOrder, Tick,
 )
 from bus.sockets import Port, Received, topic_for
 
@@ -215,6 +215,10 @@ class PaperExchange(Actor):
             core.on_bar(m)
         elif isinstance(m, Tick):
             core.on_tick(m)
+        elif isinstance(m, Quote):
+            core.on_quote(m)
+        elif isinstance(m, FeedStatus):
+            core.on_feed_status(m)
         elif isinstance(m, BarBatch):
             for b in m.bars:
                 core.on_bar(b)

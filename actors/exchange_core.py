@@ -8,7 +8,7 @@ Calls in, replies back, events out, no sockets, no threads, no timers:
   (``fill_on = "close"``: the client sees its order id before the fill);
 - operator commands: ``command(cmd, args)`` (pause, resume, halt, unhalt, flatten,
   stop-and-close, cancel-all) returns the answer or raises ``Refused``;
-- market data: ``on_bar``, ``on_tick``, ``end_of_data``;
+- market data: ``on_bar``, ``on_tick``, ``on_quote``, ``on_feed_status``, ``end_of_data``;
 - events: ``emit(msg)`` gets every Fill, OrderUpdate and AccountUpdate in the order they
   happen, each after the ledger committed what it reports;
 - the caller's timers: ``publish_marks`` (an AccountUpdate when marks changed since the
@@ -31,6 +31,17 @@ Fill model (documented rules):
   max(open, L). Buy stop S triggers if high >= S, fills at max(open, S); sell stop
   if low <= S at min(open, S): the limit/stop price, or the open on a gap through it.
 - Ticks are bars with open = high = low = close = the tick price.
+- Quotes (best bid/offer): once a symbol has had one, it fills and marks on quotes
+  only (a bar or trade print says where the market traded, not where we could).
+  Market buys fill at the ask, sells at the bid (plus slippage); buy limit L when
+  ask <= L at the ask, sell limit when bid >= L at the bid; a buy stop triggers when
+  the bid reaches S, a sell stop when the ask does (the opposite side, so a spread
+  widening alone triggers nothing), filled at the ask / bid plus slippage. A crossed
+  or locked quote (bid >= ask) fills nothing and marks nothing; marks are the mid.
+- Feed status: while a feed is not ok nothing fills on its symbols (all of the feed's
+  when ``symbols`` is empty), whatever data still arrives; orders are accepted as
+  usual. Once it is ok again, orders fill on the first fresh data (a market order
+  under fill_on = "close" does not fill at once on a price from before the outage).
 - Slippage (``slippage_bps``) moves market and stop fill prices against the trader,
   rounded outwards to the tick size. Commission per fill:
   max(commission_min, commission_pct * qty * price * multiplier + commission_per_unit * qty).
@@ -48,9 +59,30 @@ Fill model (documented rules):
   The flags (and "flattening": flatten orders still open) ride on every
   AccountUpdate and QueryReply, and an AccountUpdate goes out on each change.
 
-Risk checks on submit: max open orders; worst-case position (position + open orders on
-the same side + this order) within max_position; order notional (qty * price *
-multiplier, market orders at the last price if one is known) within max_order_notional.
+Quantities: an int for whole units, else a float; kept as integer atoms of 10^-9 units
+(bus/quantity.py) in the book, the account and every comparison, so positions, fills and
+realized PnL never drift (whole-unit instruments compute the very same floats as ever).
+
+Checks on submit, in order: halted, paused, known instrument, price given for limit and
+stop only, qty a positive multiple of the lot size (bad-lot-size), at least min_qty
+(below-min-qty), price on the tick size; max open orders; worst-case position
+(position + open orders on the same side + this order) within max_position; order
+notional (qty * price * multiplier, market orders at the ask/bid or last price if one
+is known) within max_order_notional and at least min_notional (below-min-notional);
+then buying power (insufficient-funds):
+
+- ``account = "cash"``: a buy's cost plus fee (at its limit, else the market's price)
+  must fit in the cash less what open buys hold; a sell may not exceed the position
+  less the open sells (no short sales). At its fill a buy whose cost plus fee exceeds
+  the cash (a gap) is cancelled ("insufficient funds at fill"): cash never goes below 0.
+- ``account = "margin"``: the initial margin the order adds, max(initial_margin,
+  1/leverage) * the notional by which it grows |position| (open orders on its side
+  counted as filled; reducing orders add none), plus fee, must fit in the equity less
+  the positions' initial margin (at their marks) and what open orders hold. When a
+  mark leaves the equity below maintenance_margin * the positions' value, every open
+  order is cancelled and each position closed by a market order ("liquidation",
+  cl_id liquidation-N) that fills as any market order on the next data; the ledger's
+  events table records the equity and margin figures. maintenance_margin = 0: never.
 
 Query returns every position (flat ones too, with their realized PnL), the open orders
 and the account.
@@ -80,12 +112,18 @@ from actors.accounting import Account, RoundTrip
 from actors.ledger import Ledger
 from actors.results import EquitySeries
 from bus.messages import (
-    AccountInfo, AccountUpdate, CancelReply, EndOfData, Fill, Instrument, OrderAck, OrderInfo, OrderReject,
-    OrderUpdate, PositionInfo, QueryReply, SubmitOrder,
+    AccountInfo, AccountUpdate, CancelReply, EndOfData, FeedStatus, Fill, Instrument, OrderAck, OrderInfo,
+    OrderReject, OrderUpdate, PositionInfo, QueryReply, Quote, SubmitOrder,
 )
+from bus.quantity import SCALE, decimals as qty_decimals, from_atoms, show, to_atoms
 
 DAY_NS = 86_400 * 10**9
 OPEN = ("new", "partially-filled")
+
+
+def _money(x: float) -> float:
+    """Within the wire's Money bounds (an absurd figure must not make the account unsendable)."""
+    return max(-9.9e14, min(9.9e14, x))
 
 
 class Refused(Exception):
@@ -116,12 +154,23 @@ class ExchangeCore:
         self.wall_clock = wall_clock
         self.now_ns = now_ns
         self.slip = cfg.slippage_bps / 10_000.0
+        self.step = {i.symbol: to_atoms(i.lot_size) for i in instruments}  # quantity step, atoms
+        self.cash_account = cfg.account == "cash"
+        self.im = max(cfg.initial_margin, 1.0 / cfg.leverage)  # initial margin, fraction of notional
+        self.mm = cfg.maintenance_margin
+        self.reserve: dict[int, float] = {}  # open order id -> cash (cash) or margin (margin) it holds
+        self.quotes: dict[str, tuple[float, float]] = {}  # symbol -> (bid, ask) of its last quote
+        self.feed_stale: dict[str, set[str] | None] = {}  # feed -> its stale symbols (None: all of them)
+        self.liquidating: set[int] = set()  # open liquidation orders
+        self._pending_hold = 0.0  # what the order being accepted holds (set by _funds_refusal)
+        self._fseq = 0  # fseq of the market data being processed
+        self.unfresh: set[str] = set()  # symbols whose feed recovered and that have had no data since
         self.paused = self.halted = False
         self.flattening: set[int] = set()  # open flatten orders of the exchange's own
         self.open: dict[int, OrderInfo] = {}  # open orders by id (closed ones are only in the ledger)
         self.open_cl: dict[str, int] = {}  # client order id -> id, open orders
         self.book: dict[str, list[int]] = {}  # symbol -> open order ids, oldest first
-        self.open_qty: dict[tuple[str, str], int] = {}  # (symbol, side) -> open quantity
+        self.open_qty: dict[tuple[str, str], int] = {}  # (symbol, side) -> open quantity, atoms
         self.day_of: dict[int, int] = {}  # DAY order -> UTC day it belongs to
         self.eligible: dict[int, int] = {}  # backtest: open order id -> first fseq it may fill on
         self.decision_bar = 0  # backtest: the bar (fseq) orders arriving now were decided on
@@ -159,8 +208,8 @@ class ExchangeCore:
             self._booked(res.trips, r["fee"])
         for sym, row in led.positions().items():
             p = self.acct.positions.get(sym)
-            got = p.qty if p else 0
-            if got != row["qty"]:
+            got = p.units if p else 0
+            if got != to_atoms(row["qty"]):
                 # Cannot happen when fills and positions commit together; fills are the truth.
                 self.log.error("ledger positions table disagrees with the fills; using the fills",
                                symbol=sym, table=row["qty"], fills=got)
@@ -168,9 +217,15 @@ class ExchangeCore:
             o = OrderInfo(order_id=r["order_id"], cl_id=r["cl_id"], symbol=r["symbol"], side=r["side"], qty=r["qty"],
                           filled=r["filled"], order_type=r["order_type"], price=r["price"], tif=r["tif"],
                           status=r["status"], ts=r["ts"])
+            # What it holds, as when it was accepted: before it is in the book's open quantities.
+            hold = self._hold(o.symbol, o.side, to_atoms(o.qty) - to_atoms(o.filled), o.price)
             self._book_add(o)
+            if hold:
+                self.reserve[o.order_id] = hold
             if r["reason"] == "flatten":
                 self.flattening.add(o.order_id)
+            elif r["reason"] == "liquidation":
+                self.liquidating.add(o.order_id)
             if o.tif == "DAY" and r["day"] is not None:
                 self.day_of[o.order_id] = r["day"]
         self.next_oid, self.next_fid = led.next_ids()
@@ -194,15 +249,18 @@ class ExchangeCore:
         self.open_cl[o.cl_id] = o.order_id
         self.book.setdefault(o.symbol, []).append(o.order_id)
         k = (o.symbol, o.side)
-        self.open_qty[k] = self.open_qty.get(k, 0) + o.qty - o.filled
+        self.open_qty[k] = self.open_qty.get(k, 0) + to_atoms(o.qty) - to_atoms(o.filled)
 
     def _book_remove(self, o: OrderInfo, left: int) -> None:
+        """``left``: the quantity it no longer holds open, in atoms."""
         del self.open[o.order_id]
         del self.open_cl[o.cl_id]
         self.book[o.symbol].remove(o.order_id)
         self.open_qty[(o.symbol, o.side)] -= left
         self.day_of.pop(o.order_id, None)
         self.eligible.pop(o.order_id, None)
+        self.reserve.pop(o.order_id, None)
+        self.liquidating.discard(o.order_id)
         if o.order_id in self.flattening:
             self.flattening.discard(o.order_id)
             if not self.flattening:
@@ -234,6 +292,10 @@ class ExchangeCore:
         reject: checked in memory for open orders, and in the ledger (the cl_id UNIQUE
         index) for the others only when it matters, on a reject or when the insert
         finds it, so an order that is simply new costs no extra lookup."""
+        if type(m.qty) is not int:
+            # The decimal the float means (0.1 + 0.2 is 0.3): the order, its retries' terms
+            # and its fills all carry that one figure.
+            m = msgspec.structs.replace(m, qty=from_atoms(to_atoms(m.qty)))
         fp = (m.symbol, m.side, m.qty, m.order_type, m.price, m.tif)
         oid = self.open_cl.get(m.cl_id)
         if oid is not None:
@@ -246,13 +308,14 @@ class ExchangeCore:
             self.log.debug("order rejected", cl_id=m.cl_id, code=refusal.code, text=refusal.text)
             return refusal
         try:
-            o = self._accept(m.cl_id, m.symbol, m.side, m.qty, m.order_type, m.price, m.tif, "accepted")
+            o = self._accept(m.cl_id, m.symbol, m.side, m.qty, m.order_type, m.price, m.tif, "accepted",
+                             hold=self._pending_hold)
         except sqlite3.IntegrityError:
             seen = self._known(m.cl_id)
             if seen is None:
                 raise
             return self._again(m, fp, seen)
-        if o.order_type == "market" and self.cfg.fill_on == "close" and o.symbol in self.last_px:
+        if o.order_type == "market" and self.cfg.fill_on == "close" and self._now_px(o) is not None:
             self._at_close.append(o)
         return OrderAck(cl_id=m.cl_id, order_id=o.order_id)
 
@@ -281,8 +344,14 @@ class ExchangeCore:
                 return self._reject(m, "bad-request", "a market order takes no price")
         elif m.price is None:
             return self._reject(m, "bad-request", f"a {m.order_type} order needs a price")
-        if m.qty % inst.lot_size:
-            return self._reject(m, "bad-lot-size", f"qty {m.qty} is not a multiple of the lot size {inst.lot_size}")
+        qa = to_atoms(m.qty)
+        step = self.step[m.symbol]
+        if qa <= 0 or qa % step:
+            return self._reject(m, "bad-lot-size", f"qty {show(m.qty)} is not a multiple of the lot size "
+                                                   f"{show(inst.lot_size)} of {m.symbol}")
+        if inst.min_qty and qa < to_atoms(inst.min_qty):
+            return self._reject(m, "below-min-qty", f"qty {show(m.qty)} is below the min_qty {show(inst.min_qty)} "
+                                                    f"of {m.symbol}")
         if m.price is not None:
             steps = m.price / inst.tick_size
             if abs(steps - round(steps)) > 1e-6:  # tolerance for binary floats like 0.1
@@ -290,20 +359,101 @@ class ExchangeCore:
         cfg = self.cfg
         if self.n_open >= cfg.max_open_orders:
             return self._reject(m, "risk-limit", f"max open orders {cfg.max_open_orders} reached")
-        pos = self.acct.position(m.symbol)
+        pos = self.acct.units(m.symbol)
         if m.side == "buy":
-            worst = pos + self.open_qty.get((m.symbol, "buy"), 0) + m.qty
+            worst = pos + self.open_qty.get((m.symbol, "buy"), 0) + qa
         else:
-            worst = pos - self.open_qty.get((m.symbol, "sell"), 0) - m.qty
-        if abs(worst) > cfg.max_position:
+            worst = pos - self.open_qty.get((m.symbol, "sell"), 0) - qa
+        if abs(worst) > cfg.max_position * SCALE:
             return self._reject(m, "risk-limit",
-                                f"position could reach {worst}, beyond max_position {cfg.max_position}")
-        ref = m.price if m.price is not None else self.last_px.get(m.symbol)
+                                f"position could reach {show(from_atoms(worst))}, beyond max_position "
+                                f"{cfg.max_position}")
+        ref = m.price if m.price is not None else self._ref_px(m.symbol, m.side)
         if ref is not None:
             notional = m.qty * ref * inst.multiplier
             if notional > cfg.max_order_notional:
                 return self._reject(m, "risk-limit", f"order notional {notional:.2f} exceeds "
                                                      f"max_order_notional {cfg.max_order_notional}")
+            if notional < inst.min_notional:
+                return self._reject(m, "below-min-notional",
+                                    f"order notional {notional:.8g} (qty {show(m.qty)} x price {ref:g} x multiplier "
+                                    f"{inst.multiplier:g}) is below the min_notional {inst.min_notional:g} of "
+                                    f"{m.symbol}")
+        return self._funds_refusal(m, qa, ref)
+
+    # ------------------------------------------------------------ buying power
+    def _ref_px(self, sym: str, side: str) -> float | None:
+        """The price a market order of ``side`` would pay now: the ask or bid with quotes, else the last price."""
+        q = self.quotes.get(sym)
+        if q is not None:
+            return q[1] if side == "buy" else q[0]
+        return self.last_px.get(sym)
+
+    def _hold(self, sym: str, side: str, qa: int, price: float | None) -> float:
+        """What an open order of ``qa`` atoms holds of the buying power: its cost plus fee for a
+        cash account's buy; the initial margin it adds plus fee for a margin account (orders
+        that only reduce the position, taking the other open orders on that side as filled,
+        hold nothing). Priced at its limit, else at the market's price now (0 if none)."""
+        ref = price if price is not None else self._ref_px(sym, side)
+        if ref is None or qa <= 0:
+            return 0.0
+        inst = self.instruments.get(sym)
+        mult = inst.multiplier if inst is not None else 1.0
+        q = from_atoms(qa)
+        if self.cash_account:
+            if side == "sell":
+                return 0.0
+            return q * ref * mult + self._commission(q, ref, mult)
+        pos = self.acct.units(sym)
+        if side == "buy":
+            now = pos + self.open_qty.get((sym, "buy"), 0)
+            grow = abs(now + qa) - abs(now)
+        else:
+            now = pos - self.open_qty.get((sym, "sell"), 0)
+            grow = abs(now - qa) - abs(now)
+        if grow <= 0:
+            return 0.0
+        return from_atoms(grow) * ref * mult * self.im + self._commission(q, ref, mult)
+
+    def _margin_used(self) -> float:
+        im = self.im
+        return sum(abs(p.qty) * p.mark * p.multiplier * im for p in self.acct.positions.values() if p.units)
+
+    def buying_power(self) -> float:
+        """Cash: cash less what open buys hold. Margin: equity less the positions' initial
+        margin and what open orders hold."""
+        held = sum(self.reserve.values())
+        if self.cash_account:
+            return self.acct.cash - held
+        return self.acct.equity - self._margin_used() - held
+
+    def _funds_refusal(self, m: SubmitOrder, qa: int, ref: float | None) -> OrderReject | None:
+        """insufficient-funds, or None; remembers what the order will hold (``_pending_hold``)."""
+        self._pending_hold = 0.0
+        if self.cash_account and m.side == "sell":
+            pos = self.acct.units(m.symbol)
+            selling = self.open_qty.get((m.symbol, "sell"), 0)
+            if qa > pos - selling:
+                return self._reject(m, "insufficient-funds",
+                                    f"a cash account cannot sell short: selling {show(m.qty)} {m.symbol} with a "
+                                    f"position of {show(from_atoms(pos))} and {show(from_atoms(selling))} already "
+                                    f"on open sell orders")
+            return None
+        need = self._hold(m.symbol, m.side, qa, m.price)
+        if need <= 0.0:
+            return None
+        avail = self.buying_power()
+        if need > avail:
+            held = sum(self.reserve.values())
+            if self.cash_account:
+                why = (f"cost plus fee {need:.2f} (qty {show(m.qty)} at {ref:g}) exceeds the available cash "
+                       f"{avail:.2f} (cash {self.acct.cash:.2f} less {held:.2f} held by open buy orders)")
+            else:
+                why = (f"initial margin plus fee {need:.2f} (qty {show(m.qty)} at {ref:g}, margin "
+                       f"{self.im:g}) exceeds the available margin {avail:.2f} (equity {self.acct.equity:.2f} "
+                       f"less margin used {self._margin_used():.2f} and {held:.2f} held by open orders)")
+            return self._reject(m, "insufficient-funds", why)
+        self._pending_hold = need
         return None
 
     def settle(self) -> None:
@@ -311,10 +461,33 @@ class ExchangeCore:
         while self._at_close:
             o = self._at_close.pop(0)
             if o.order_id in self.open:
-                self._fill(o, self._slipped(o, self.last_px[o.symbol]), self.last_ts[o.symbol])
+                px = self._now_px(o)
+                if px is not None:
+                    self._fill(o, px, self.last_ts[o.symbol])
 
-    def _accept(self, cl_id: str, symbol: str, side: str, qty: int, order_type: str, price: float | None, tif: str,
-                reason: str) -> OrderInfo:
+    def _now_px(self, o: OrderInfo) -> float | None:
+        """Where a market order fills at once (fill_on = "close"): the ask or bid of the last quote,
+        else the last price, plus slippage; None when there is no price, the book is crossed or
+        the feed is stale (it then fills on the next fresh data)."""
+        sym = o.symbol
+        if self.feed_stale and self._stale(sym) or sym in self.unfresh:
+            return None
+        q = self.quotes.get(sym)
+        if q is not None:
+            if q[0] >= q[1]:
+                return None
+            return self._slipped(o, q[1] if o.side == "buy" else q[0])
+        px = self.last_px.get(sym)
+        return None if px is None else self._slipped(o, px)
+
+    def _stale(self, sym: str) -> bool:
+        for syms in self.feed_stale.values():
+            if syms is None or sym in syms:
+                return True
+        return False
+
+    def _accept(self, cl_id: str, symbol: str, side: str, qty: int | float, order_type: str, price: float | None,
+                tif: str, reason: str, hold: float = 0.0) -> OrderInfo:
         o = OrderInfo(order_id=self.next_oid, cl_id=cl_id, symbol=symbol, side=side,  # type: ignore[arg-type]
                       qty=qty, order_type=order_type, price=price, tif=tif,  # type: ignore[arg-type]
                       status="new", ts=self.now_ns())
@@ -324,9 +497,13 @@ class ExchangeCore:
         self.ledger.insert_order(o, day, reason)  # committed before the ack goes out
         self.next_oid += 1
         self._book_add(o)
+        if hold:
+            self.reserve[o.order_id] = hold
         if reason == "flatten":
             self.flattening.add(o.order_id)
             self.marks_dirty = True  # subscribers learn it is flattening
+        elif reason == "liquidation":
+            self.liquidating.add(o.order_id)
         if day is not None:
             self.day_of[o.order_id] = day
         if self.backtest:
@@ -358,7 +535,7 @@ class ExchangeCore:
             return
         self.ledger.update_orders([(o.order_id, status, o.filled, reason) for o in orders])
         for o in orders:
-            left = o.qty - o.filled
+            left = to_atoms(o.qty) - to_atoms(o.filled)
             o.status = status  # type: ignore[assignment]
             self._book_remove(o, left)
             self._publish_order(o, reason)
@@ -374,9 +551,46 @@ class ExchangeCore:
                 cl_id += "-x"
             o = self._accept(cl_id, sym, "sell" if p.qty > 0 else "buy", abs(p.qty), "market",
                              None, "GTC", "flatten")
-            if self.cfg.fill_on == "close" and sym in self.last_px:
-                self._fill(o, self._slipped(o, self.last_px[sym]), self.last_ts[sym])
+            px = self._now_px(o) if self.cfg.fill_on == "close" else None
+            if px is not None:
+                self._fill(o, px, self.last_ts[sym])
         return CancelReply(cancelled=cancelled)
+
+    def _liquidate(self, ts: int) -> None:
+        """Margin account: equity below the maintenance margin of the open positions. Cancel
+        every open order and close each position with a market order through the normal
+        fills (the next fresh data, as any market order); the ledger records why."""
+        a = self.acct
+        maint = sum(abs(p.qty) * p.mark * p.multiplier for p in a.positions.values() if p.units) * self.mm
+        why = (f"equity {a.equity:.2f} below the maintenance margin {maint:.2f} "
+               f"({self.mm:g} of the positions' value)")
+        self.log.warning("liquidation", reason=why)
+        self.ledger.record_event(ts, "liquidation", why)
+        victims = [self.open[oid] for ids in self.book.values() for oid in ids]
+        self._close_orders(victims, "cancelled", "liquidation")
+        for sym, p in list(a.positions.items()):
+            if not p.units:
+                continue
+            cl_id = f"liquidation-{self.next_oid}"
+            while self._known(cl_id) is not None:
+                cl_id += "-x"
+            o = self._accept(cl_id, sym, "sell" if p.units > 0 else "buy", abs(p.qty), "market", None, "GTC",
+                             "liquidation")
+            if self.backtest:  # decided on the data being processed: fills from the next on
+                self.eligible[o.order_id] = self._fseq + 1
+        self.marks_dirty = True
+
+    def _check_margin(self, ts: int) -> None:
+        """Liquidate when equity is below the maintenance margin (margin accounts, once per breach)."""
+        if self.liquidating or self.cash_account or not self.mm:
+            return
+        a = self.acct
+        value = 0.0
+        for p in self._held if self.series is not None else a.positions.values():
+            if p.units:
+                value += abs(p.qty) * p.mark * p.multiplier
+        if value and a.equity < value * self.mm:
+            self._liquidate(ts)
 
     def query(self, what: str = "all") -> QueryReply:
         r = QueryReply(paused=self.paused, halted=self.halted, flattening=bool(self.flattening))
@@ -403,6 +617,91 @@ class ExchangeCore:
         self._on_price(tick.symbol, tick.ts, p, p, p, p, tick.fseq)
         if self.session is not None:
             self.session_clock(tick.fseq)
+
+    def on_quote(self, q: Quote) -> None:
+        """Best bid/offer: fills at the bid or ask (module docstring, "Quotes"), marks at the mid."""
+        sym = q.symbol
+        bid, ask = q.bid, q.ask
+        self.quotes[sym] = (bid, ask)
+        self.unfresh.discard(sym)
+        self.n_prices += 1
+        if bid >= ask:
+            return  # crossed or locked: no fill, no mark until a sane quote
+        ts = q.ts
+        self._fseq = q.fseq
+        ids = self.book.get(sym)
+        if ids and not (self.feed_stale and self._stale(sym)):
+            self._expire_days(ids, ts)
+            ioc_missed = []
+            eligible = self.eligible
+            for oid in list(ids):
+                if eligible and eligible.get(oid, 0) > q.fseq:
+                    continue
+                o = self.open[oid]
+                px = self._match_quote(o, bid, ask)
+                if px is not None:
+                    self._fill(o, px, ts)
+                elif o.tif == "IOC":
+                    ioc_missed.append(o)
+            self._close_orders(ioc_missed, "cancelled", "ioc not filled on the next market data")
+        mid = (bid + ask) / 2.0
+        self.last_px[sym] = mid
+        self.last_ts[sym] = ts
+        if self.acct.mark(sym, mid):
+            self.marks_dirty = True
+            if self.mm:
+                self._check_margin(ts)
+        if self.series is not None:
+            mv = 0
+            for p in self._held:
+                mv += p.qty * p.mark * p.multiplier
+            self.series.record(ts, self.acct.cash + mv, self._units)
+
+    def _match_quote(self, o: OrderInfo, bid: float, ask: float) -> float | None:
+        t = o.order_type
+        buy = o.side == "buy"
+        if t == "market":
+            return self._slipped(o, ask if buy else bid)
+        lim = o.price
+        assert lim is not None
+        if t == "limit":
+            if buy:
+                return min(lim, ask) if ask <= lim else None
+            return max(lim, bid) if bid >= lim else None
+        # Stops trigger on the side opposite to theirs (a buy stop when the bid reaches it: a
+        # wide spread alone does not set it off) and fill at market: their own side.
+        if buy:
+            return self._slipped(o, ask) if bid >= lim else None
+        return self._slipped(o, bid) if ask <= lim else None
+
+    def on_feed_status(self, fs: FeedStatus) -> None:
+        """A feed's health: while it is not ok nothing fills on its symbols (all of them when
+        ``fs.symbols`` is empty); orders are still accepted and fill on the first data that
+        arrives after it is ok again (never on a price from before)."""
+        was = self.feed_stale.get(fs.feed, False)
+        if fs.state == "ok":
+            if fs.symbols and was is not False:
+                # Some symbols are back: the rest of the feed's stay stale ("all" becomes
+                # every instrument but those).
+                left = (set(self.instruments) if was is None else set(was)) - set(fs.symbols)
+                if left:
+                    self.feed_stale[fs.feed] = left
+                else:
+                    del self.feed_stale[fs.feed]
+            else:
+                self.feed_stale.pop(fs.feed, None)
+        else:
+            if fs.symbols and was is not None:
+                self.feed_stale[fs.feed] = set(was or ()) | set(fs.symbols)
+            else:
+                self.feed_stale[fs.feed] = None
+        now = self.feed_stale.get(fs.feed, False)
+        if now != was:
+            self.log.warning("feed state", feed=fs.feed, state=fs.state, symbols=fs.symbols or "all",
+                             detail=fs.detail, fills="stopped" if now is not False else "resume on fresh data")
+        if fs.state == "ok" and was is not False:
+            # Fresh data only: a price from before the outage is not one to fill at once at.
+            self.unfresh.update(fs.symbols or self.instruments)
 
     def on_bars(self, bars: list[Any]) -> None:
         """Bars in order, as ``on_bar`` of each, with less work for a symbol that has no open
@@ -442,29 +741,36 @@ class ExchangeCore:
         self.n_prices += quiet
 
     def _mark_pending(self, pending: dict[str, Any]) -> None:
+        ts = 0
         for sym, b in pending.items():
             self.last_px[sym] = b.close
-            self.last_ts[sym] = b.ts
+            self.last_ts[sym] = ts = b.ts
+            self._fseq = b.fseq
             if self.acct.mark(sym, b.close):
                 self.marks_dirty = True
         pending.clear()
+        if ts and self.mm:
+            self._check_margin(ts)
 
     def _on_price(self, sym: str, ts: int, op: float, hi: float, lo: float, cl: float, fseq: int = 0) -> None:
+        if self.quotes and sym in self.quotes:
+            # A quoted symbol fills and marks on its quotes only: a bar or trade says where
+            # the market traded, not where we could trade now.
+            self.n_prices += 1
+            if self.series is not None:  # still a row of the curve, at the quotes' marks
+                mv = 0
+                for p in self._held:
+                    mv += p.qty * p.mark * p.multiplier
+                self.series.record(ts, self.acct.cash + mv, self._units)
+            return
         ids = self.book.get(sym)
+        if self.feed_stale and self._stale(sym):
+            ids = None  # a stale feed fills nothing; its orders wait for fresh data
+        elif self.unfresh:
+            self.unfresh.discard(sym)
+        self._fseq = fseq
         if ids:
-            day = ts // DAY_NS
-            expired = []
-            for oid in ids:
-                o = self.open[oid]
-                if o.tif == "DAY":
-                    d = self.day_of.get(oid)
-                    if d is None:
-                        self.day_of[oid] = day
-                        self.ledger.set_order_day(oid, day)
-                    elif day > d:
-                        expired.append(o)
-            # Expire first: a DAY order must not fill on a later day's data.
-            self._close_orders(expired, "expired", "day order expired")
+            self._expire_days(ids, ts)
             ioc_missed = []
             eligible = self.eligible
             for oid in list(ids):
@@ -482,6 +788,8 @@ class ExchangeCore:
         self.last_ts[sym] = ts
         if self.acct.mark(sym, cl):
             self.marks_dirty = True
+            if self.mm:
+                self._check_margin(ts)
         if self.series is not None:
             # equity = cash + each position's qty * mark * multiplier, summed in the
             # account's order (Account.equity, without its per-bar call overhead)
@@ -489,6 +797,22 @@ class ExchangeCore:
             for p in self._held:
                 mv += p.qty * p.mark * p.multiplier
             self.series.record(ts, self.acct.cash + mv, self._units)
+
+    def _expire_days(self, ids: list[int], ts: int) -> None:
+        """Expire the DAY orders of an earlier UTC day than ``ts`` (first: a DAY order must not
+        fill on a later day's data); a DAY order's day is that of the first data it meets."""
+        day = ts // DAY_NS
+        expired = []
+        for oid in ids:
+            o = self.open[oid]
+            if o.tif == "DAY":
+                d = self.day_of.get(oid)
+                if d is None:
+                    self.day_of[oid] = day
+                    self.ledger.set_order_day(oid, day)
+                elif day > d:
+                    expired.append(o)
+        self._close_orders(expired, "expired", "day order expired")
 
     def _match(self, o: OrderInfo, op: float, hi: float, lo: float, cl: float) -> float | None:
         t = o.order_type
@@ -686,7 +1010,7 @@ class ExchangeCore:
         else:  # several instruments: gross units, for exposure time
             self._units = sum(abs(p.qty) for p in held)
 
-    def _commission(self, qty: int, px: float, mult: float) -> float:
+    def _commission(self, qty: int | float, px: float, mult: float) -> float:
         cfg = self.cfg
         return max(cfg.commission_min, cfg.commission_pct * qty * px * mult + cfg.commission_per_unit * qty)
 
@@ -698,9 +1022,16 @@ class ExchangeCore:
         p = self.acct.positions.get(o.symbol)
         inst = self.instruments.get(o.symbol)
         mult = p.multiplier if p is not None else (inst.multiplier if inst else 1.0)
-        qty = o.qty - o.filled
+        left = to_atoms(o.qty) - to_atoms(o.filled) if o.filled else 0
+        qty = from_atoms(left) if o.filled else o.qty
         if fee is None:  # an expiry settlement passes 0: no commission on it
             fee = self._commission(qty, px, mult)
+        if self.cash_account and o.side == "buy" and qty * px * mult + fee > self.acct.cash:
+            # The price moved since it was accepted (a gap): a cash account never goes below 0.
+            self.log.info("buy cancelled: insufficient funds at fill", order_id=o.order_id, qty=show(qty), price=px,
+                          cost=round(qty * px * mult + fee, 2), cash=round(self.acct.cash, 2))
+            self._close_orders([o], "cancelled", "insufficient funds at fill")
+            return
         res = self.acct.apply_fill(o.symbol, o.side, qty, px, fee, ts, mult)
         p = self.acct.positions[o.symbol]
         self._booked(res.trips, fee)
@@ -716,7 +1047,7 @@ class ExchangeCore:
             (o.symbol, p.qty, p.avg_price, p.realized, p.fees),
         )
         self.next_fid += 1
-        self._book_remove(o, qty)
+        self._book_remove(o, left or to_atoms(qty))
         self.emit(Fill(fill_id=fid, order_id=o.order_id, cl_id=o.cl_id, symbol=o.symbol, side=o.side, qty=qty,
                        price=px, fee=fee, ts=ts, position=res.position, realized=res.realized))
         self._publish_order(o, "filled")
@@ -738,8 +1069,11 @@ class ExchangeCore:
 
     def _account_info(self) -> AccountInfo:
         a = self.acct
+        margin = 0.0 if self.cash_account else self._margin_used()
         return AccountInfo(cash=a.cash, equity=a.equity, initial_cash=a.initial_cash, realized=a.realized,
-                           unrealized=a.unrealized, fees=a.fees, gross_exposure=a.gross_exposure)
+                           unrealized=a.unrealized, fees=a.fees, gross_exposure=a.gross_exposure,
+                           account_type="cash" if self.cash_account else "margin",
+                           buying_power=_money(self.buying_power()), margin_used=_money(margin))
 
     def _positions(self) -> list[PositionInfo]:
         return [PositionInfo(symbol=p.symbol, qty=p.qty, avg_price=p.avg_price, mark=p.mark, realized=p.realized,
@@ -764,14 +1098,20 @@ class ExchangeCore:
         self.export_dirty = False
         self.last_export = time.monotonic()
         self.exported = True
-        exports.write_fills_csv(os.path.join(self.out_dir, "fills.csv"), self.ledger, self.decimals)
+        exports.write_fills_csv(os.path.join(self.out_dir, "fills.csv"), self.ledger, self.decimals,
+                                self.qty_decimals)
         exports.write_trades_csv(os.path.join(self.out_dir, "trades.csv"), self.ledger, self.decimals,
-                                 self.acct.initial_cash)
+                                 self.acct.initial_cash, self.qty_decimals)
 
     def decimals(self, symbol: str) -> tuple[int, int]:
         """(price decimals, money decimals) of an instrument: report.decimals of its tick size."""
         inst = self.instruments.get(symbol)
         return report.decimals(inst.tick_size if inst is not None else 0.01)
+
+    def qty_decimals(self, symbol: str) -> int:
+        """Decimals quantities of an instrument print with: its lot size's (0 for whole units)."""
+        inst = self.instruments.get(symbol)
+        return qty_decimals(inst.lot_size) if inst is not None else 0
 
     # ---------------------------------------------------------------- results
     def write_results(self, title: str, rows_skipped: int = 0, png: bool = True) -> tuple[str, dict[str, Any]]:

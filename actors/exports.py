@@ -1,6 +1,7 @@
 """fills.csv and trades.csv, for people, from the ledger: ISO-8601 UTC times beside the ns
-columns, prices to the tick size's decimals and money to the instrument's precision
-(report.decimals); the ledger keeps the exact values.
+columns, prices to the tick size's decimals, money to the instrument's precision
+(report.decimals) and quantities to the lot size's decimals (bus/quantity.py: "10" for
+whole-unit instruments, "0.015" for a 0.001 step); the ledger keeps the exact values.
 
 Both are made from the ledger's fills as they are read, in chunks, and written
 atomically (bus.fileio.atomic_write), so neither needs a long run's history in memory:
@@ -17,38 +18,46 @@ from typing import Any, Callable, Iterator
 from actors import report
 from actors.accounting import Account
 from bus.fileio import atomic_write
+from bus.quantity import fmt
 
 ROWS = 10_000  # rows per chunk written
 DAY_NS = 86_400 * 10**9
 FILLS_HEADER = "fill_id,order_id,cl_id,symbol,side,qty,price,fee,ts,time,multiplier,position,realized\n"
 TRADES_HEADER = "symbol,side,qty,entry_ts,entry_time,entry_price,exit_ts,exit_time,exit_price,pnl,fees,net_pnl\n"
 Decimals = Callable[[str], "tuple[int, int]"]  # symbol -> (price decimals, money decimals)
+QtyDecimals = Callable[[str], int]  # symbol -> quantity decimals (its lot size's)
 
 
-def write_fills_csv(path: str, ledger: Any, decimals: Decimals) -> None:
-    atomic_write(path, _fills(ledger, _cached(decimals)))
+def _whole(_symbol: str) -> int:
+    return 0
 
 
-def write_trades_csv(path: str, ledger: Any, decimals: Decimals, initial_cash: float) -> None:
-    atomic_write(path, _trades(ledger, _cached(decimals), initial_cash))
+def write_fills_csv(path: str, ledger: Any, decimals: Decimals, qty_decimals: QtyDecimals = _whole) -> None:
+    atomic_write(path, _fills(ledger, _cached(decimals), _cached(qty_decimals)))
 
 
-def _fills(ledger: Any, dec: Decimals) -> Iterator[bytes]:
+def write_trades_csv(path: str, ledger: Any, decimals: Decimals, initial_cash: float,
+                     qty_decimals: QtyDecimals = _whole) -> None:
+    atomic_write(path, _trades(ledger, _cached(decimals), initial_cash, _cached(qty_decimals)))
+
+
+def _fills(ledger: Any, dec: Decimals, qdec: QtyDecimals = _whole) -> Iterator[bytes]:
     yield FILLS_HEADER.encode()
     iso = _Iso()
     rows: list[str] = []
     for r in ledger.iter_fills():  # FILL_COLS order (actors/ledger.py)
         pd, md = dec(r[3])
+        qd = qdec(r[3])
         ts = r[8]
-        rows.append(f"{r[0]},{r[1]},{_csv(r[2])},{_csv(r[3])},{r[4]},{r[5]},{r[6]:.{pd}f},{r[7]:.{md}f},{ts},"
-                    f"{iso(ts)},{r[9]!r},{r[10]},{r[11]:.{md}f}\n")
+        rows.append(f"{r[0]},{r[1]},{_csv(r[2])},{_csv(r[3])},{r[4]},{fmt(r[5], qd)},{r[6]:.{pd}f},{r[7]:.{md}f},"
+                    f"{ts},{iso(ts)},{r[9]!r},{fmt(r[10], qd)},{r[11]:.{md}f}\n")
         if len(rows) >= ROWS:
             yield "".join(rows).encode()
             rows = []
     yield "".join(rows).encode()
 
 
-def _trades(ledger: Any, dec: Decimals, initial_cash: float) -> Iterator[bytes]:
+def _trades(ledger: Any, dec: Decimals, initial_cash: float, qdec: QtyDecimals = _whole) -> Iterator[bytes]:
     yield TRADES_HEADER.encode()
     iso = _Iso()
     acct = Account(initial_cash, keep_trips=False)
@@ -56,7 +65,7 @@ def _trades(ledger: Any, dec: Decimals, initial_cash: float) -> Iterator[bytes]:
     for r in ledger.iter_fills():
         for t in acct.apply_fill(r[3], r[4], r[5], r[6], r[7], r[8], r[9]).trips:
             pd, md = dec(t.symbol)
-            rows.append(f"{_csv(t.symbol)},{t.side},{t.qty},{t.entry_ts},{iso(t.entry_ts)},{t.entry_price:.{pd}f},"
+            rows.append(f"{_csv(t.symbol)},{t.side},{fmt(t.qty, qdec(t.symbol))},{t.entry_ts},{iso(t.entry_ts)},{t.entry_price:.{pd}f},"
                         f"{t.exit_ts},{iso(t.exit_ts)},{t.exit_price:.{pd}f},{t.pnl:.{md}f},{t.fees:.{md}f},"
                         f"{t.net:.{md}f}\n")
         if len(rows) >= ROWS:
@@ -65,10 +74,10 @@ def _trades(ledger: Any, dec: Decimals, initial_cash: float) -> Iterator[bytes]:
     yield "".join(rows).encode()
 
 
-def _cached(decimals: Decimals) -> Decimals:
-    cache: dict[str, tuple[int, int]] = {}
+def _cached(decimals: Any) -> Any:
+    cache: dict[str, Any] = {}
 
-    def dec(symbol: str) -> tuple[int, int]:
+    def dec(symbol: str) -> Any:
         d = cache.get(symbol)
         if d is None:
             d = cache[symbol] = decimals(symbol)

@@ -3,8 +3,10 @@
 Sources (config ``market_data.instruments``):
 
 - a CSV file with a header row; columns ``symbol, kind, tick_size`` are required,
-  ``lot_size, multiplier, currency`` optional, and options also need
-  ``underlying, strike, expiry, right``. An empty cell takes the default.
+  ``lot_size, multiplier, currency, min_qty, min_notional, base, venue_symbol`` optional,
+  and options also need ``underlying, strike, expiry, right``. An empty cell takes the
+  default. Kinds: equity, future, option, crypto, fx, perpetual. ``lot_size`` is the
+  quantity step (0.001 for BTC/USDT: at most 9 decimals), ``min_qty`` a multiple of it.
 - a TOML file with an array of tables ``[[instruments]]`` holding the same keys.
 - ``"synthetic"``: one equity per ``market_data.symbols`` (tick 0.01).
 
@@ -26,9 +28,11 @@ import msgspec
 
 from actors.base import UserError
 from bus.messages import Instrument
+from bus.quantity import DECIMALS, exact, norm, off_step, to_atoms
 
 FIELDS = ("symbol", "kind", "tick_size", "lot_size", "multiplier", "currency",
-          "underlying", "strike", "expiry", "right", "settlement")
+          "underlying", "strike", "expiry", "right", "settlement", "min_qty", "min_notional", "base",
+          "venue_symbol")
 REQUIRED = ("symbol", "kind", "tick_size")
 OPTION_FIELDS = ("underlying", "strike", "expiry", "right")  # settlement (cash | physical) is optional
 SYNTHETIC = "synthetic"
@@ -47,10 +51,27 @@ def _check(raw: dict[str, Any], where: str) -> Instrument:
         raise InstrumentError(f"{where}: unknown field(s) {', '.join(unknown)} (known: {', '.join(FIELDS)})")
     # Empty CSV cells mean "default"; strict=False parses "0.01" and "100" from text.
     clean = {k: v for k, v in raw.items() if v not in (None, "")}
+    for k in ("lot_size", "min_qty"):
+        # "0.001" from a CSV cell, "1" stays an int (whole units print as integers).
+        v = clean.get(k)
+        if isinstance(v, str):
+            try:
+                clean[k] = int(v) if v.strip().lstrip("+").isdigit() else float(v)
+            except ValueError:
+                raise InstrumentError(f"{where}: {k} {v!r} is not a number") from None
     try:
         inst = msgspec.convert(clean, Instrument, strict=False)
     except msgspec.ValidationError as e:
         raise InstrumentError(f"{where}: {e}") from None
+    lot = inst.lot_size
+    if not exact(lot) or to_atoms(lot) <= 0:
+        raise InstrumentError(f"{where}: {inst.symbol}: lot_size {lot!r} has more than {DECIMALS} decimals")
+    inst.lot_size = norm(lot)
+    if inst.min_qty:
+        inst.min_qty = norm(inst.min_qty)
+        if off_step(inst.min_qty, inst.lot_size):
+            raise InstrumentError(f"{where}: {inst.symbol}: min_qty {inst.min_qty!r} is not a multiple of the "
+                                  f"lot_size {inst.lot_size!r}")
     if inst.kind == "option":
         absent = [k for k in OPTION_FIELDS if clean.get(k) in (None, "")]
         if absent:

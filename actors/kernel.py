@@ -54,7 +54,7 @@ from actors.supervision.runfiles import RunRecord
 from bus import log as logmod
 from bus.faults import disk_error
 from bus.fileio import atomic_write
-from bus.messages import AccountUpdate, CancelOrder, Fill, Flatten, OrderReject, OrderUpdate, SubmitOrder
+from bus.messages import AccountUpdate, CancelOrder, Fill, Flatten, OrderReject, OrderUpdate, Quote, SubmitOrder
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 EXIT_FORCED = 130  # a second Ctrl+C: stopped at once, nothing more written
@@ -251,12 +251,21 @@ class Backtest:
                         if events:
                             deliver()
                 else:
+                    # A tick replay; a feed that records quotes (best bid/offer) hands
+                    # them in among the ticks, and they go to on_quote on both sides.
                     for t in batch:
-                        ex.on_tick(t)
+                        quote = type(t) is Quote
+                        if quote:
+                            ex.on_quote(t)
+                        else:
+                            ex.on_tick(t)
                         if events:
                             deliver()
                         ex.decision_bar = t.fseq
-                        host.on_tick(t)
+                        if quote:
+                            host.on_quote(t)
+                        else:
+                            host.on_tick(t)
                         if events:
                             deliver()
                 done = batch[-1].fseq

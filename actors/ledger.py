@@ -11,6 +11,15 @@ Tables:
   fills(fill_id, order_id, ...)               every fill, with the multiplier it was booked at
   positions(symbol, qty, avg_price, ...)      derived; written in the fill's transaction and
                                               cross-checked against a replay of fills on start
+  events(id, ts, kind, detail)                what the exchange did on its own and why
+                                              (kind "liquidation": the equity and margin figures)
+
+Quantities (orders.qty/filled, fills.qty/position, positions.qty) are NUMERIC: whole units
+are stored as integers, fractional ones (0.015 BTC) as REAL, each read back as the same
+int or float it was written as (bus/quantity.py makes the exact sums). Ledgers written
+before fractional quantities declared these columns INTEGER; SQLite's INTEGER affinity
+stores a fraction as REAL just the same, so they open, keep their figures and take
+fractional fills with no migration.
 
 Every state change is one transaction: a fill, its order's new status and the
 position it produces commit together (``record_fill``), before the caller
@@ -49,8 +58,8 @@ CREATE TABLE IF NOT EXISTS orders (
     cl_id TEXT NOT NULL UNIQUE,
     symbol TEXT NOT NULL,
     side TEXT NOT NULL CHECK (side IN ('buy', 'sell')),
-    qty INTEGER NOT NULL CHECK (qty > 0),
-    filled INTEGER NOT NULL DEFAULT 0,
+    qty NUMERIC NOT NULL CHECK (qty > 0),
+    filled NUMERIC NOT NULL DEFAULT 0,
     order_type TEXT NOT NULL,
     price REAL,
     tif TEXT NOT NULL,
@@ -66,20 +75,26 @@ CREATE TABLE IF NOT EXISTS fills (
     cl_id TEXT NOT NULL,
     symbol TEXT NOT NULL,
     side TEXT NOT NULL,
-    qty INTEGER NOT NULL CHECK (qty > 0),
+    qty NUMERIC NOT NULL CHECK (qty > 0),
     price REAL NOT NULL,
     fee REAL NOT NULL,
     ts INTEGER NOT NULL,
     multiplier REAL NOT NULL,
-    position INTEGER NOT NULL,
+    position NUMERIC NOT NULL,
     realized REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS positions (
     symbol TEXT PRIMARY KEY,
-    qty INTEGER NOT NULL,
+    qty NUMERIC NOT NULL,
     avg_price REAL NOT NULL,
     realized REAL NOT NULL,
     fees REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    ts INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL
 );
 """
 
@@ -311,6 +326,16 @@ class Ledger:
                        (status, filled, reason, time.time_ns(), oid))
             db.execute("INSERT OR REPLACE INTO positions(symbol, qty, avg_price, realized, fees) VALUES (?,?,?,?,?)",
                        position)
+
+    def record_event(self, ts: int, kind: str, detail: str) -> None:
+        """Something the exchange did on its own (a liquidation) and why, for the record."""
+        with self.txn("ledger.event") as db:
+            db.execute("INSERT INTO events(ts, kind, detail) VALUES (?, ?, ?)", (ts, kind, detail))
+
+    def events(self, kind: str = "") -> list[sqlite3.Row]:
+        q = "SELECT id, ts, kind, detail FROM events"
+        return self.db.execute(q + (" WHERE kind = ? ORDER BY id" if kind else " ORDER BY id"),
+                               (kind,) if kind else ()).fetchall()
 
     def close(self) -> None:
         """Close the connection; an open group transaction is rolled back (flush() first to keep it)."""

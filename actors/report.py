@@ -247,7 +247,7 @@ class ListSeries:
         n = len(self.equity)
         ts = np.fromiter((t for t, _ in self.equity), dtype=np.int64, count=n)
         values = np.fromiter((float(v) for _, v in self.equity), dtype=np.float64, count=n)
-        pos = np.zeros(n, dtype=np.int64) if self.positions is None else np.asarray(self.positions, dtype=np.int64)
+        pos = np.zeros(n) if self.positions is None else np.asarray(self.positions, dtype=np.float64)
         yield ts, values, pos
 
 
@@ -525,6 +525,17 @@ def iso_block(ts: Any, z: str = "Z") -> list[str]:
     return out
 
 
+def _positions(pos: Any) -> list:
+    """A block's positions as they print: ints when whole ("100", as equities always did),
+    else the shortest float ("0.015"); one vectorised test per block, not one per row."""
+    import numpy as np
+
+    whole = np.floor(pos) == pos
+    if whole.all():
+        return pos.astype(np.int64).tolist()
+    return [int(p) if w else p for p, w in zip(pos.tolist(), whole.tolist())]
+
+
 def write_equity_csv_series(path: str | os.PathLike, series: Any, money_decimals: int = 2,
                             with_positions: bool = True) -> None:
     """equity.csv: ts (ns), time (UTC ISO), equity, drawdown[, position]; one row per bar,
@@ -543,7 +554,7 @@ def write_equity_csv_series(path: str | os.PathLike, series: Any, money_decimals
             ratios = ratio_texts(dd.tolist())
             if with_positions:
                 lines = [f"{t},{tm}Z,{v:{spec}},{d},{p}\n"
-                         for t, tm, v, d, p in zip(ts.tolist(), times, values.tolist(), ratios, pos.tolist())]
+                         for t, tm, v, d, p in zip(ts.tolist(), times, values.tolist(), ratios, _positions(pos))]
             else:
                 lines = [f"{t},{tm}Z,{v:{spec}},{d}\n"
                          for t, tm, v, d in zip(ts.tolist(), times, values.tolist(), ratios)]

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 from bus.faults import disk_error
 
 BLOCK = 65_536  # rows in memory before a spill: 1.5 MB
-_HEAD = struct.Struct("<q")  # rows in the block that follows: ts (int64), equity (float64), position (int64)
+_HEAD = struct.Struct("<q")  # rows in the block that follows: ts (int64), equity (float64), position (float64)
 
 
 class EquitySeries:
@@ -28,14 +28,16 @@ class EquitySeries:
         self.path = path
         self.ts = array("q")
         self.eq = array("d")
-        self.pos = array("q")
+        # float64: a fractional position (0.015 BTC) as the exchange reports it; whole
+        # positions are exact in a double up to 2^53 and print as integers (equity.csv).
+        self.pos = array("d")
         self.spilled = 0  # rows in the scratch file
         self._f: Any = None
 
     def __len__(self) -> int:
         return self.spilled + len(self.ts)
 
-    def record(self, ts: int, equity: float, pos: int) -> None:
+    def record(self, ts: int, equity: float, pos: int | float) -> None:
         t = self.ts
         if t and t[-1] == ts:
             self.eq[-1] = equity
@@ -64,7 +66,7 @@ class EquitySeries:
             del a[:n]
 
     def blocks(self) -> Iterator[tuple[Any, Any, Any]]:
-        """(ts int64, equity float64, position int64) numpy arrays, oldest first."""
+        """(ts int64, equity float64, position float64) numpy arrays, oldest first."""
         import numpy as np
 
         if self._f is not None:
@@ -77,11 +79,11 @@ class EquitySeries:
                     (n,) = _HEAD.unpack(head)
                     ts = np.fromfile(f, dtype=np.int64, count=n)
                     eq = np.fromfile(f, dtype=np.float64, count=n)
-                    pos = np.fromfile(f, dtype=np.int64, count=n)
+                    pos = np.fromfile(f, dtype=np.float64, count=n)
                     yield ts, eq, pos
         if self.ts:
             yield (np.frombuffer(self.ts, dtype=np.int64).copy(), np.frombuffer(self.eq, dtype=np.float64).copy(),
-                   np.frombuffer(self.pos, dtype=np.int64).copy())
+                   np.frombuffer(self.pos, dtype=np.float64).copy())
 
     def close(self) -> None:
         if self._f is not None:

@@ -79,6 +79,8 @@ class StateView:
         self.realized = 0.0
         self.fees = 0.0
         self.account_ts = 0
+        self.account_type = ""  # cash or margin, once the exchange reported
+        self.buying_power = 0.0
         # trading flags, as the exchange last reported them
         self.flags_known = False
         self.flags = {"paused": False, "halted": False, "flattening": False}
@@ -256,6 +258,8 @@ class StateView:
         self.initial_cash = acct.initial_cash
         self.realized = acct.realized
         self.fees = acct.fees
+        self.account_type = acct.account_type
+        self.buying_power = acct.buying_power
         self.account_ts = ts
         self.pos = {}
         for p in positions:
@@ -355,6 +359,7 @@ class StateView:
             return {"known": self.account_known, "cash": _r(self.cash), "equity": _r(self.equity()),
                     "initial_cash": _r(self.initial_cash), "realized": _r(self.realized),
                     "unrealized": _r(self.unrealized()), "fees": _r(self.fees), "gross_exposure": _r(gross),
+                    "account_type": self.account_type, "buying_power": _r(self.buying_power),
                     "ts": self.account_ts}
         if key == "positions":
             out = {}

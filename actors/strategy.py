@@ -5,7 +5,7 @@ init, in this order, before READY:
 1. load the plugin ``strategy.plugin`` ("package.module:Class") with
    ``strategy.params``; any failure is an init error naming the plugin;
 2. ask market-data (``md.ref``) for the instrument list -- never read the file;
-3. subscribe to ``md`` (bars, ticks, end-of-data) and ``exec`` (fills, order
+3. subscribe to ``md`` (bars, ticks, quotes, end-of-data) and ``exec`` (fills, order
    updates, account updates), then ``Query`` the exchange for positions, open
    orders and its paused/halted flags, so a restarted strategy starts from what
    it already holds and in the state the operator set;
@@ -35,7 +35,7 @@ from actors import market_rules
 from actors.strategy_host import Refused, StrategyHost, load_plugin
 from bus.messages import (
     AccountUpdate, Bar, BarBatch, CancelReply, EndOfData, Fill, HistoryReply, HistoryRequest, InstrumentsReply,
-    InstrumentsRequest, MdError, OrderAck, OrderReject, OrdersError, OrderUpdate, Progress, Query, QueryReply, Tick,
+    InstrumentsRequest, MdError, OrderAck, OrderReject, OrdersError, OrderUpdate, Progress, Query, QueryReply, Quote, Tick,
 )
 from bus.sockets import Port, Received
 
@@ -80,6 +80,7 @@ class StrategyActor(Actor):
         syms = sorted(host.symbols)
         topics = [f"md.bar.{s}" for s in syms] if sc.symbols else ["md.bar."]
         topics += [f"md.tick.{s}" for s in syms] if sc.symbols else ["md.tick."]
+        topics += [f"md.quote.{s}" for s in syms] if sc.symbols else ["md.quote."]
         if self.backtest:
             topics.append("md.batch")
         self.md = self.open("md", bind=False, subscribe=[*topics, "md.eod"], handler=self._on_md)
@@ -150,6 +151,8 @@ class StrategyActor(Actor):
             host.on_bar(msg)
         elif isinstance(msg, Tick):
             host.on_tick(msg)
+        elif isinstance(msg, Quote):
+            host.on_quote(msg)
         elif isinstance(msg, EndOfData):
             host.end_of_data(msg)
             if self.backtest:

@@ -3,7 +3,7 @@ Context (positions, orders in flight), warm-up, and what it knows of the exchang
 paused/halted flags.
 
 Calls in: ``seed`` (the exchange's Query reply), ``start`` (on_start), ``warm_up``
-(history bars, which never trade), ``on_bar``/``on_tick``/``end_of_data``, the
+(history bars, which never trade), ``on_bar``/``on_tick``/``on_quote``/``end_of_data``, the
 exchange's events (``on_fill``, ``on_order_update``, ``on_account``, ``on_reject``),
 operator ``command``s; out: orders through ``send`` (SubmitOrder, CancelOrder, Flatten),
 in the order the plugin made them.
@@ -29,7 +29,7 @@ from typing import Any, Callable
 from actors.base import UserError
 from actors.strategies.base import Context, Strategy
 from bus.messages import (
-    AccountUpdate, Bar, EndOfData, Fill, Flatten, Instrument, OrderReject, OrderUpdate, QueryReply, Tick,
+    AccountUpdate, Bar, EndOfData, Fill, Flatten, Instrument, OrderReject, OrderUpdate, QueryReply, Quote, Tick,
 )
 
 
@@ -138,7 +138,7 @@ class StrategyHost:
         for bar in bars:
             self._bar(bar, history=True)
 
-    def held(self) -> dict[str, int]:
+    def held(self) -> dict[str, int | float]:
         return {s: n for s, n in self.context.positions.items() if n}
 
     # ---------------------------------------------------------------- orders
@@ -191,6 +191,10 @@ class StrategyHost:
     def on_tick(self, tick: Tick) -> None:
         if tick.symbol in self.symbols:
             self.plugin.on_tick(tick)
+
+    def on_quote(self, quote: Quote) -> None:
+        if quote.symbol in self.symbols:
+            self.plugin.on_quote(quote)
 
     def end_of_data(self, m: EndOfData) -> None:
         self.eod.append(m.feed)

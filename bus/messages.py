@@ -14,8 +14,11 @@ of an enumerated field -- bumps SCHEMA_VERSION. tests/test_protocol_evolution.py
 checks the catalogue against the frozen schema of the current version.
 
 Number rule:
-- quantities (order qty, fill qty, positions, lot sizes) are ``int``:
-  whole units of the instrument, so sums of fills equal positions exactly;
+- quantities (order qty, fill qty, positions, lot sizes, filled) are finite numbers:
+  an ``int`` for whole units (equities: 10), a ``float`` otherwise (0.015 BTC), always a
+  multiple of the instrument's ``lot_size`` (its quantity step, at most 9 decimals).
+  A float is read as the decimal it prints as; the exchange sums quantities as integers
+  of 10^-9 units (bus/quantity.py), so sums of fills equal positions exactly;
   volumes and quote sizes are ``float``;
 - prices and money (cash, PnL, fees) are ``float``, always finite; prices are > 0.
   Finite-ness is enforced by the types below, so NaN/inf never decode.
@@ -40,8 +43,10 @@ SCHEMA_VERSION = 3
 # Meta(gt, lt) rejects NaN as well as inf: every comparison with NaN is false.
 Price = Annotated[float, Meta(gt=0.0, lt=1e12)]
 Money = Annotated[float, Meta(gt=-1e15, lt=1e15)]
-Qty = Annotated[int, Meta(gt=0, lt=10**12)]  # strictly positive order/fill quantity
-SignedQty = Annotated[int, Meta(gt=-(10**12), lt=10**12)]
+# Quantities: an int for whole units, else a finite float (bus/quantity.py sums them exactly).
+Qty = Union[Annotated[int, Meta(gt=0, lt=10**12)], Annotated[float, Meta(gt=0.0, lt=1e12)]]  # > 0
+SignedQty = Union[Annotated[int, Meta(gt=-(10**12), lt=10**12)], Annotated[float, Meta(gt=-1e12, lt=1e12)]]
+NonNegQty = Union[Annotated[int, Meta(ge=0, lt=10**12)], Annotated[float, Meta(ge=0.0, lt=1e12)]]
 Volume = Annotated[float, Meta(ge=0.0, lt=1e18)]  # traded or quoted size, finite
 Symbol = Annotated[str, Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9._:/\-]+$")]
 ShortStr = Annotated[str, Meta(max_length=256)]
@@ -210,7 +215,7 @@ class Instrument(Struct, kw_only=True):
     strike: float = 0.0
     expiry: str = ""
     right: Literal["", "C", "P"] = ""
-    min_qty: Annotated[float, Meta(ge=0.0, lt=1e12)] = 0.0  # smallest order qty (0 = one step)
+    min_qty: NonNegQty = 0  # smallest order qty (0 = one step)
     min_notional: Annotated[float, Meta(ge=0.0, lt=1e15)] = 0.0  # smallest qty * price * multiplier of an order
     base: Annotated[str, Meta(max_length=16)] = ""  # crypto / fx: the asset bought (BTC of BTC/USDT)
     venue_symbol: Annotated[str, Meta(max_length=64)] = ""  # the venue's own id (BTCUSDT), "" = symbol
@@ -339,7 +344,14 @@ OrderStatus = Literal["new", "partially-filled", "filled", "cancelled", "rejecte
 # reject.code -> when the exchange sends it (rendered into docs/PROTOCOL.md).
 REJECT_CODES: dict[str, str] = {
     "unknown-instrument": "the symbol is not in the instrument master",
-    "bad-lot-size": "qty is not a multiple of the instrument's lot_size (its quantity step)",
+    "bad-lot-size": "qty is not a positive multiple of the instrument's lot_size (its quantity step; "
+                    "quantities are read to 9 decimals)",
+    "below-min-qty": "qty is below the instrument's min_qty",
+    "below-min-notional": "qty * price * multiplier is below the instrument's min_notional (market orders: "
+                          "at the price they would fill at now, when one is known)",
+    "insufficient-funds": "cash account: the order's cost plus fee exceeds the available cash (cash minus what "
+                          "open buy orders reserve), or a sell would make the position short; margin account: "
+                          "the order's initial margin plus fee exceeds the available margin",
     "bad-tick-size": "price is not a multiple of the instrument's tick_size",
     "risk-limit": "max_open_orders, max_position (position + open orders on that side + this order) "
                   "or max_order_notional would be exceeded",
@@ -366,7 +378,7 @@ class SubmitOrder(_Base, **_tag("submit")):
     # a retry with the same terms is acked again (duplicate = true)
     symbol: Symbol
     side: Side
-    qty: Qty  # whole units of the instrument, a multiple of its lot_size
+    qty: Qty  # a multiple of the instrument's lot_size (int for whole units, else a float: 0.015)
     order_type: OrderType  # market: next price; limit: price or better; stop: market once price trades
     price: Price | None = None  # limit price or stop trigger, on the tick size; null (or absent) for market
     tif: TimeInForce = "GTC"  # GTC: until filled or cancelled; IOC: fills on the next market data
@@ -412,7 +424,7 @@ class OrderInfo(Struct, kw_only=True):
     symbol: Symbol
     side: Side
     qty: Qty
-    filled: Annotated[int, Meta(ge=0)] = 0  # quantity filled so far
+    filled: NonNegQty = 0  # quantity filled so far
     order_type: OrderType = "market"  # as submitted
     price: Price | None = None  # as submitted
     tif: TimeInForce = "GTC"  # as submitted
@@ -442,6 +454,9 @@ class AccountInfo(Struct, kw_only=True):
     unrealized: Money = 0.0
     fees: Money = 0.0
     gross_exposure: Money = 0.0  # sum of abs(qty * mark * multiplier)
+    account_type: Literal["cash", "margin"] = "cash"  # [exchange] account
+    buying_power: Money = 0.0  # cash: cash less open buys' reserve; margin: equity less margin used and reserved
+    margin_used: Money = 0.0  # margin: initial margin of the positions at their marks (cash: 0)
 
 
 class QueryReply(_Base, **_tag("query-reply")):
@@ -490,6 +505,10 @@ ORDER_UPDATE_REASONS: dict[str, str] = {
                   "order closing a position then (cl_id square-off-N)",
     "expiry": "its option expired: open orders are cancelled; or this is the order settling the position "
               "(cl_id expiry-N, filled at the settlement price with no fee; 0 for a worthless option)",
+    "liquidation": "margin account: equity fell below the maintenance margin; open orders are cancelled "
+                   "and each position is closed by a market order (cl_id liquidation-N) through the normal fills",
+    "insufficient funds at fill": "cash account: a buy's cost plus fee at its fill price exceeded the cash "
+                                  "(a gap since it was accepted); cancelled instead of filled",
 }
 
 

@@ -135,6 +135,12 @@ class ExchangeCfg(_S):
     max_order_notional: PosFloat = 10_000_000.0
     max_open_orders: PosInt = 1_000
     export_every_ms: Annotated[int, Meta(ge=0)] = 1000
+    # Buying power (actors/exchange_core.py, "Buying power"). margin (the default) allows
+    # shorts, as every strategy written before this key did; cash never goes short or below 0.
+    account: Literal["cash", "margin"] = "margin"
+    leverage: Annotated[float, Meta(ge=1.0, le=100.0)] = 1.0  # margin: initial margin is at least 1/leverage
+    initial_margin: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.0  # margin: fraction of notional; 0 = 1/leverage
+    maintenance_margin: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.25  # margin: below it, positions are liquidated
 
 
 class StrategyCfg(_S):
@@ -421,6 +427,15 @@ def validate(cfg: Config, where: str) -> None:
         if cfg.placement.groups:
             raise ConfigError(f"{where}: key service.kernel: \"inprocess\" runs in one process; placement.groups "
                               f"splits actors between supervisors (use kernel = \"actors\")")
+    ex = cfg.exchange
+    if ex.account == "margin":
+        im = max(ex.initial_margin, 1.0 / ex.leverage)
+        if ex.initial_margin and ex.initial_margin < 1.0 / ex.leverage:
+            raise ConfigError(f"{where}: key exchange.initial_margin: {ex.initial_margin} allows leverage "
+                              f"{1.0 / ex.initial_margin:g}, beyond exchange.leverage {ex.leverage:g}")
+        if ex.maintenance_margin > im:
+            raise ConfigError(f"{where}: key exchange.maintenance_margin: {ex.maintenance_margin} is above the "
+                              f"initial margin {im:g}: every new position would be liquidated at once")
     if cfg.supervisor.backoff_max_ms < cfg.supervisor.backoff_initial_ms:
         raise ConfigError(f"{where}: key supervisor.backoff_max_ms: must be >= backoff_initial_ms")
     start_order(cfg, where)

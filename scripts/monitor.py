@@ -41,6 +41,19 @@ def _num(x: Any, nd: int = 2) -> str:
     return f"{x:,}" if isinstance(x, int) else str(x)
 
 
+def _qty(x: Any) -> str:
+    """A quantity as the exchange means it: "10" for whole units, "0.015" for a fractional one
+    (every decimal it has, never rounded to the 2 of money), with thousands separators."""
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        if x.is_integer():
+            return f"{int(x):,}"
+        whole, _, frac = f"{x:,.9f}".partition(".")
+        return f"{whole}.{frac.rstrip('0')}"
+    return f"{x:,}" if isinstance(x, int) else str(x)
+
+
 def _pct(x: Any) -> str:
     return "-" if x is None else f"{x * 100:.2f}%"
 
@@ -175,8 +188,10 @@ def render(state: dict[str, Any] | None, seq: int, stale: bool, age: float | Non
               f"  fees {_num(acct.get('fees'))}")
     if not acct.get("known"):
         a1.append("  (no report from the exchange yet)", style="yellow")
+    bp = (f"  buying power {_num(acct.get('buying_power'))} ({acct.get('account_type')})"
+          if acct.get("account_type") else "")
     a2 = Text.from_markup(f"realized {_signed(acct.get('realized'))}  unrealized (Total MTM) "
-                          f"{_signed(acct.get('unrealized'))}  gross exposure {_num(acct.get('gross_exposure'))}")
+                          f"{_signed(acct.get('unrealized'))}  gross exposure {_num(acct.get('gross_exposure'))}{bp}")
     a2.no_wrap, a2.overflow = True, "ellipsis"
     parts += [a1, a2]
 
@@ -215,7 +230,7 @@ def render(state: dict[str, Any] | None, seq: int, stale: bool, age: float | Non
         room = max(1, left - 1)
         shown = rows if len(rows) <= room else rows[:room - 1]
         for sym, p in shown:
-            ptab.add_row(sym, _num(p.get("qty")), _num(p.get("avg_price"), 4), _num(p.get("last"), 4),
+            ptab.add_row(sym, _qty(p.get("qty")), _num(p.get("avg_price"), 4), _num(p.get("last"), 4),
                          _signed(p.get("mtm")), _num(p.get("market_value")))
         if len(shown) < len(rows):
             ptab.add_row(f"... {len(rows) - len(shown)} more", "", "", "", "", "")
@@ -247,8 +262,8 @@ def render(state: dict[str, Any] | None, seq: int, stale: bool, age: float | Non
             rows = list(orders.items())
             shown = rows if len(rows) <= room else rows[:max(0, room - 1)]
             for oid, o in shown:
-                otab.add_row(oid, o.get("cl_id", ""), o.get("symbol", ""), o.get("side", ""), _num(o.get("qty")),
-                             _num(o.get("filled")), o.get("type", ""), _num(o.get("price"), 4), o.get("status", ""))
+                otab.add_row(oid, o.get("cl_id", ""), o.get("symbol", ""), o.get("side", ""), _qty(o.get("qty")),
+                             _qty(o.get("filled")), o.get("type", ""), _num(o.get("price"), 4), o.get("status", ""))
             if len(shown) < len(rows):
                 otab.add_row(f"+{len(rows) - len(shown)}", "more", "", "", "", "", "", "", "")
             if otab.row_count:
@@ -261,8 +276,8 @@ def render(state: dict[str, Any] | None, seq: int, stale: bool, age: float | Non
         ttab = _table(("trade time", "left"), ("symbol", "left"), ("side", "left"), ("qty", "right"),
                       ("price", "right"), ("realized", "right"), ("position", "right"))
         for tr in trades[-n:][::-1]:
-            ttab.add_row(_when(tr.get("at_ns")), tr.get("symbol", ""), tr.get("side", ""), _num(tr.get("qty")),
-                         _num(tr.get("price"), 4), _signed(tr.get("realized")), _num(tr.get("position")))
+            ttab.add_row(_when(tr.get("at_ns")), tr.get("symbol", ""), tr.get("side", ""), _qty(tr.get("qty")),
+                         _num(tr.get("price"), 4), _signed(tr.get("realized")), _qty(tr.get("position")))
         parts.append(ttab)
     if left > 0:
         c, inst = state.get("counters") or {}, state.get("instruments") or {}

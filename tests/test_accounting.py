@@ -108,7 +108,7 @@ def test_multiplier_scales_cash_pnl_and_exposure():
 
 
 @pytest.mark.parametrize("bad", [
-    dict(side="hold"), dict(qty=0), dict(qty=-3), dict(qty=1.5), dict(price=0.0), dict(price=math.nan),
+    dict(side="hold"), dict(qty=0), dict(qty=-3), dict(qty=math.nan), dict(qty=math.inf), dict(qty=1e-12), dict(qty=True), dict(price=0.0), dict(price=math.nan),
     dict(price=math.inf), dict(fee=-1.0), dict(fee=math.nan), dict(multiplier=0.0),
 ])
 def test_bad_fill_is_refused_and_changes_nothing(bad):

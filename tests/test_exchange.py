@@ -20,7 +20,7 @@ from bus.codec import Stamper
 from bus.messages import (
     AccountUpdate, Bar, CancelAll, CancelOrder, CancelReply, Command, CommandReply, EndOfData, Fill, Flatten,
     Instrument, InstrumentsReply, InstrumentsRequest, OrderAck, OrderReject, OrdersError, OrderUpdate, Query,
-    QueryReply, Ready, Stopped, SubmitOrder, Tick,
+    FeedStatus, QueryReply, Quote, Ready, Stopped, SubmitOrder, Tick,
 )
 from bus.sockets import open_port, topic_for
 from tests.harness import FakeSupervisor, actor_cmd, read_log, wait_for
@@ -33,6 +33,7 @@ INSTRUMENTS = [
     Instrument(symbol="LOT", kind="equity", tick_size=0.01, lot_size=100),
     Instrument(symbol="FUT", kind="future", tick_size=0.25, multiplier=50.0),
     Instrument(symbol="SYNC", kind="equity", tick_size=0.01),
+    Instrument(symbol="BTC/USDT", kind="crypto", tick_size=0.01, lot_size=0.001, currency="USDT"),
 ]
 T0 = 1_700_000_000 * 10**9  # a market timestamp (2023-11-14 UTC)
 MIN = 60 * 10**9
@@ -381,3 +382,33 @@ def test_crash_recovery_and_open_orders_survive_restart(env, run_dir):
 
 def _cl(q, order_id):
     return next(o.cl_id for o in q.orders if o.order_id == order_id)
+
+
+def test_quotes_and_feed_status_on_md_reach_the_fill_model(env):
+    """md.quote.<SYM> fills a market buy at the ask, a fractional quantity; md.status stale
+    stops fills (the order is still accepted) until the feed is ok and a fresh quote comes."""
+    e = env()
+    e.start()
+    q = lambda bid, ask, ts: e.pub.send(Quote(symbol="BTC/USDT", ts=ts, bid=bid, ask=ask),  # noqa: E731
+                                        topic=topic_for("md.quote", "BTC/USDT"))
+    q(30_000.0, 30_001.0, T0)
+    _m, ack = e.submit("BTC/USDT", "buy", 0.015)
+    assert isinstance(ack, OrderAck), ack
+    q(30_010.0, 30_012.5, T0 + MIN)
+    f = e.wait_exec(lambda: e.fills, what="the fill on the quote")[0]
+    assert (f.qty, f.price, f.position) == (0.015, 30_012.5, 0.015)
+    e.pub.send(FeedStatus(feed="ccxt:test", state="stale", detail="no data"), topic=b"md.status")
+    # The status and the next order reach the exchange in this order only if the
+    # status went out first: wait until the exchange logged it.
+    wait_for(lambda: e.sup.pump(0) is not None and "feed state" in read_log(e.sup.run_dir, NAME), 10,
+             "the exchange to see the stale feed")
+    _m, ack = e.submit("BTC/USDT", "sell", 0.005)
+    assert isinstance(ack, OrderAck), ack  # accepted while stale
+    q(30_020.0, 30_021.0, T0 + 2 * MIN)
+    e.pub.send(FeedStatus(feed="ccxt:test", state="ok"), topic=b"md.status")
+    q(30_030.0, 30_031.0, T0 + 3 * MIN)
+    f2 = e.wait_exec(lambda: e.fills[1:], what="the fill after recovery")[0]
+    assert (f2.side, f2.price, f2.position) == ("sell", 30_030.0, 0.01)  # the fresh bid, not the stale one
+    pos = next(p for p in e.query().positions if p.symbol == "BTC/USDT")
+    assert pos.qty == 0.01 and pos.mark == 30_030.5
+    e.stop()

@@ -146,3 +146,14 @@ def test_ctl_status_wraps_long_info_instead_of_cutting_it():
 def test_ctl_status_says_halted_and_how_to_lift_it():
     text = render_status(status_reply(halted=True, paused=True), width=80)
     assert "HALTED (kill switch; `ctl unhalt` lifts it)" in text
+
+
+def test_monitor_prints_fractional_quantities_whole_and_never_rounds_them_to_cents():
+    v = view(npos=2, norders=1, ntrades=1)
+    v["positions"]["SYM1"]["qty"] = 0.015  # 0.015 BTC: not "0.01" or "0.02"
+    v["positions"]["SYM2"]["qty"] = 1200
+    v["trades"][0].update(qty=0.005, position=0.015)
+    v["orders"]["1"].update(qty=0.123, filled=0)
+    text = "\n".join(screen(v))
+    assert re.search(r"^SYM1\s+0\.015\s", text, re.M) and re.search(r"^SYM2\s+1,200\s", text, re.M)
+    assert " 0.123 " in text and " 0.005 " in text

@@ -297,6 +297,7 @@ def test_restarted_strategy_recovers_position_before_trading(venue):
     v = venue(SMA, query=q, history=history)
     info = v.ready().info
     assert info["positions"] == 1 and info["open_orders"] == 1 and info["history_bars"] == 4
+    v.until(lambda: "md.quote." in v.subs, 5, "the quote subscription")  # best bid/offer reach on_quote
     assert isinstance(v.rx[0], Query) and len(v.rx) == 1
     st = v.status(lambda i: True, "status")
     assert st["state"] == "trading" and st["positions"] == {"GOOG": -3}  # warmed from history

@@ -9,8 +9,9 @@ from actors.base import UserError
 from actors.strategy_host import Refused, StrategyHost
 from bus.messages import (
     AccountInfo, AccountUpdate, Bar, EndOfData, Fill, Flatten, Instrument, OrderInfo, OrderReject, OrderUpdate,
-    PositionInfo, QueryReply, SubmitOrder,
+    PositionInfo, QueryReply, Quote, SubmitOrder,
 )
+from actors.strategies.base import Strategy
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -124,3 +125,27 @@ def test_a_history_bar_seen_again_live_is_fed_once():
     h.on_bar(bar(2, 10))  # published before the history reply came: already fed
     h.on_bar(bar(3, 10))
     assert h.status()["bars"] == 4 and h.held() == {"GOOG": -3}
+
+
+class QuoteTaker(Strategy):
+    """Buys one step whenever the ask is below ``limit`` (a quote-driven plugin)."""
+
+    def __init__(self, limit: float = 100.0):
+        self.limit = limit
+        self.seen = []
+
+    def on_quote(self, quote):
+        self.seen.append((quote.symbol, quote.bid, quote.ask))
+        if quote.ask < self.limit:
+            self.submit(quote.symbol, "buy", self.instruments[quote.symbol].lot_size, "market")
+
+
+def test_quotes_reach_the_plugins_on_quote_for_its_symbols_only():
+    btc = Instrument(symbol="BTC/USDT", kind="crypto", tick_size=0.01, lot_size=0.001)
+    h, sent = host(plugin="tests.test_strategy_host:QuoteTaker", params={"limit": 100.0}, symbols=["BTC/USDT"],
+                   instruments=(GOOG, btc))
+    h.on_quote(Quote(symbol="GOOG", ts=1, bid=98.0, ask=99.0))  # not traded: never reaches the plugin
+    h.on_quote(Quote(symbol="BTC/USDT", ts=2, bid=101.0, ask=102.0))
+    h.on_quote(Quote(symbol="BTC/USDT", ts=3, bid=98.5, ask=99.5))
+    assert h.plugin.seen == [("BTC/USDT", 101.0, 102.0), ("BTC/USDT", 98.5, 99.5)]
+    assert [(m.symbol, m.side, m.qty) for m in sent] == [("BTC/USDT", "buy", 0.001)]
