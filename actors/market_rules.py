@@ -72,9 +72,10 @@ class OptionQuoter:
     ask around the Black-Scholes or Black-76 price, on the tick grid) and a Bar whose
     open = high = low = close = the model mid, each interval.
 
-    The Bar is there so the exchange fills option orders today (it fills on bars); once
-    the exchange fills on quotes (ExchangeCore.on_quote, branch exch) the same orders fill
-    at the bid / ask instead."""
+    The exchange fills option orders on the Quote (market buys at the ask, sells at the
+    bid: ExchangeCore.on_quote; once a symbol is quoted its bars no longer fill it). The
+    Bar is the option's price history: strategies' on_bar and history requests, the
+    view's last price, the chart."""
 
     def __init__(self, cfg: Any, instruments: list[Instrument]):
         self.chains = options_mod.chains_of(cfg, instruments)
