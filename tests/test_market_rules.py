@@ -294,3 +294,30 @@ def test_monitor_shows_the_session_and_the_greeks():
     c = Console(width=120, record=True)
     c.print(monitor.render({"run_id": "r"}, 1, False, None))  # no [session], no options: no lines
     assert "session" not in c.export_text() and "greeks" not in c.export_text()
+
+
+def test_synthetic_option_quotes_fill_at_the_ask_and_the_bid_not_the_mid(books):
+    """The synthetic feed's (Quote, Bar) pairs into the exchange core as market-data sends
+    them: a market buy fills at the model ask, a sell at the bid; the mid bar fills nothing."""
+    b = books()
+    quoter = market_rules.OptionQuoter(b.cfg, INSTRUMENTS)
+    t = ns(2026, 3, 10, 15, 0)
+    b.bar("SPY", t, 100.0)
+
+    def publish(ts):
+        pairs = {q.symbol: (q, bar) for q, bar in quoter.quotes({"SPY": 100.0}, ts)}
+        for q, bar in pairs.values():
+            b.core.on_quote(q)
+            b.fseq += 1
+            b.core.on_bar(msgspec.structs.replace(bar, fseq=b.fseq))
+        return pairs[CALL.symbol]
+
+    publish(t)
+    assert isinstance(b.submit(CALL.symbol, "buy", 2), OrderAck)
+    q, bar = publish(t + MIN)
+    assert q.bid < bar.close < q.ask
+    bought = b.fills()[-1]
+    assert (bought.symbol, bought.side, bought.price) == (CALL.symbol, "buy", q.ask)
+    assert isinstance(b.submit(CALL.symbol, "sell", 2), OrderAck)
+    q, _ = publish(t + 2 * MIN)
+    assert b.fills()[-1].price == q.bid and b.pos(CALL.symbol) == 0
