@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -167,7 +168,7 @@ class Server:
                 sig.append(None)
         from actors.supervision.runfiles import lock_holder
         sig.append(lock_holder(self.run_dir) is not None)
-        sig.extend(j.get("state") for j in self.hub.jobs.values())
+        sig.extend(j.get("state") for j in list(self.hub.jobs.values()))
         return tuple(sig)
 
     def current_runs(self) -> tuple[set[str], set[str]]:
@@ -180,7 +181,7 @@ class Server:
             rid = read_json(os.path.join(self.run_dir, "run.json")).get("run_id")
             if rid:
                 running.add(rid)
-        for j in self.hub.jobs.values():
+        for j in list(self.hub.jobs.values()):
             if j.get("state") == "running" and j.get("run_id"):
                 running.add(j["run_id"])
         current = set(running)
@@ -281,46 +282,69 @@ class Server:
                 "--run-dir", self.backtest_dir]
         for s in sets:
             args += ["--set", s]
-        p, err = self._spawn(args)
+        # The progress bar is drawn only on a terminal: the backtest gets one (a pty) whose
+        # other side this server reads, so the page shows the same progress as a terminal.
+        import pty
+
+        master, slave = pty.openpty()
+        from scripts.testkit import child_env
+
+        try:
+            p = subprocess.Popen(args, cwd=ROOT, env=child_env(), stdin=subprocess.DEVNULL, stdout=slave,
+                                 stderr=slave, start_new_session=True)
+        except OSError:
+            os.close(master)
+            raise
+        finally:
+            os.close(slave)
+        self.children.append(p)
         job = {"id": str(p.pid), "pid": p.pid, "config": name, "sets": sets, "state": "running", "done": 0,
                "total": 0, "run_id": None, "error": "", "started": time.time()}
-        self.hub.jobs[job["id"]] = job
-        threading.Thread(target=self._watch_backtest, args=(p, err, job), daemon=True).start()
+        self._send(self._job_update, job)
+        threading.Thread(target=self._watch_backtest, args=(p, master, job), daemon=True).start()
         return {"ok": True, "message": f"backtest started (pid {p.pid})", "job": job}
 
-    def _watch_backtest(self, p: subprocess.Popen, err: Any, job: dict[str, Any]) -> None:
-        """Progress from the backtest's own progress bar (its stderr), until it exits."""
+    def _watch_backtest(self, p: subprocess.Popen, master: int, job: dict[str, Any]) -> None:
+        """Progress from the backtest's own progress bar (on its terminal), until it exits.
+
+        The terminal is read until it closes (the backtest and anything it started are
+        gone): a backtest never blocks on a full terminal."""
+        import select
+
         from actors.rundir import read_json
 
-        pos = 0
-        while True:
-            rc = p.poll()
-            err.seek(pos)
-            chunk = err.read()
-            pos += len(chunk)
-            prog = model.parse_progress(chunk)
+        out = bytearray()
+        eof = False
+        while not eof:
+            chunk = b""
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: every writer closed its side
+                    chunk = b""
+                eof = not chunk
+            out += chunk
+            del out[:-65536]  # the tail is all the page shows
             upd = dict(job)
+            prog = model.parse_progress(chunk) if chunk else None
             if prog:
                 upd["done"], upd["total"] = prog
             if upd["run_id"] is None:
-                latest = os.path.join(self.backtest_dir, "latest")
-                rec = read_json(os.path.join(latest, "run.json"))
+                rec = read_json(os.path.join(self.backtest_dir, "latest", "run.json"))
                 if rec.get("pid") == p.pid:
                     upd["run_id"] = rec.get("run_id")
-            if rc is not None:
-                err.seek(0)
-                lines = [ln for ln in err.read().decode(errors="replace").replace("\r", "\n").splitlines() if ln]
+            if eof:
+                os.close(master)
+                rc = p.wait()
+                text = out.decode(errors="replace").replace("\r", "\n")
+                lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text).splitlines() if ln.strip()]
                 upd["state"] = "finished" if rc == 0 else "failed"
                 upd["exit_code"] = rc
                 if rc != 0:
                     upd["error"] = lines[-1] if lines else f"exit {rc}"
-                err.close()
             if upd != job:
                 self._send(self._job_update, upd)
                 job = upd
-            if rc is not None or self.stop.is_set():
-                return
-            self.stop.wait(0.2)
 
     def _job_update(self, job: dict[str, Any]) -> None:
         self.hub.jobs[job["id"]] = job
@@ -330,7 +354,7 @@ class Server:
         """Backtests started from the page end with the dashboard (they are its work); a live
         supervisor is detached on purpose and goes on."""
         for p in self.children:
-            if p.poll() is None and any(j["pid"] == p.pid and j["state"] == "running" for j in self.hub.jobs.values()):
+            if p.poll() is None and any(j["pid"] == p.pid and j["state"] == "running" for j in list(self.hub.jobs.values())):
                 p.terminate()
         for p in self.children:
             if p.poll() is None and any(j["pid"] == p.pid for j in self.hub.jobs.values()):
@@ -576,6 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"dashboard: cannot listen on {args.host}:{args.port}: {e.strerror}", file=sys.stderr)
         return 1
+    sock.listen(128)  # before the URL is printed: a client that connects at once waits in the backlog
     port = sock.getsockname()[1]
     srv = Server(run_dir, backtest_dir, args.host, port, token)
     host_txt = f"[{args.host}]" if ":" in args.host else args.host

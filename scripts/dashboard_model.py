@@ -306,6 +306,7 @@ def log_tail(run_dir: str, process: str = "", level: str = "", n: int = 200, max
         lines = tail.split(b"\n")
         if size > max_bytes:
             lines = lines[1:]  # the first may be cut
+        lines = [ln for ln in lines if ln.strip()]
         for line in lines[-(n * 4 if level else n):]:
             if not line.strip():
                 continue

@@ -123,7 +123,7 @@ function renderActors() {
     const hb = typeof st.heartbeat_age_s === "number" ? st.heartbeat_age_s.toFixed(2) + "s" : "-";
     return `<tr class="${cls ? "hl-" + cls : ""}" data-actor="${esc(n)}"><td>${esc(n)}</td>` +
       `<td class="state-${esc(state)}">${esc(state)}${note ? ", " + esc(note) : ""}</td>` +
-      `<td class="num">${fmt(st.pid || a.pid || null)}</td><td class="num">${dur(up)}</td>` +
+      `<td class="num">${esc(st.pid || a.pid || "-")}</td><td class="num">${dur(up)}</td>` +
       `<td class="num">${fmt(st.restarts !== undefined ? st.restarts : a.restarts)}</td><td class="num">${hb}</td>` +
       `<td>${esc(st.detail || a.detail || "")}</td></tr>`;
   }).join("");
