@@ -73,6 +73,10 @@ class Hub:
             else:
                 q.put_nowait(data)
 
+    def close_tabs(self) -> None:
+        for q in list(self.tabs):
+            q.put_nowait(None)
+
     def hello_json(self) -> str:
         h = self.page.hello()
         h["runs"] = self.runs
@@ -439,6 +443,8 @@ def build_app(srv: Server) -> Any:
                         data = await asyncio.wait_for(q.get(), PING_S)
                     except asyncio.TimeoutError:
                         data = json.dumps({"t": "ping", "ms": round(time.time() * 1000)})
+                    if data is None:  # the server is stopping: end the stream, the tab reconnects later
+                        return
                     yield f"data: {data}\n\n"
             finally:
                 srv.hub.tabs.discard(q)
@@ -608,7 +614,16 @@ def main(argv: list[str] | None = None) -> int:
           + f"  (run dir {run_dir}, backtests {backtest_dir})", flush=True)
     cfg = uvicorn.Config(build_app(srv), log_level="warning", lifespan="on", timeout_graceful_shutdown=2,
                          access_log=False)
-    server = uvicorn.Server(cfg)
+
+    class DashServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # Event streams never end by themselves: end them, or the stop would wait for
+            # them until the graceful-shutdown timeout.
+            srv.stop.set()
+            srv._send(srv.hub.close_tabs)
+            super().handle_exit(sig, frame)
+
+    server = DashServer(cfg)
     server.run(sockets=[sock])
     return 0
 

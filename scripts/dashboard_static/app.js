@@ -454,12 +454,14 @@ async function showResult(runId, slot) {
   const d = await r.json();
   if (!r.ok) { slot.innerHTML = `<p class="reply err">${esc(d.error)}</p>`; return; }
   const s = d.summary || {};
-  const rows = Object.entries(s).filter(([, v]) => typeof v !== "object" || v === null)
-    .map(([k, v]) => `<tr><th>${esc(k)}</th><td class="num">${typeof v === "number" ? fmt(Number(v.toPrecision(10))) : esc(v)}</td></tr>`).join("");
+  // ns timestamps have an ISO twin beside them: the page shows the ISO one.
+  const cols = d.columns.filter((c) => !c.endsWith("_ts"));
+  const rows = Object.entries(s).filter(([k, v]) => (typeof v !== "object" || v === null) && !k.endsWith("_ts"))
+    .map(([k, v]) => `<tr><th>${esc(k)}</th><td class="num">${typeof v === "number" ? fmt(Number(v.toPrecision(10))) : v === null ? "-" : esc(v)}</td></tr>`).join("");
   slot.innerHTML = `<h2>${esc(runId)}</h2><table class="kv">${rows}</table><div class="chart bt-eq"></div><div class="chart bt-dd"></div>` +
     `<h2>Trades (${d.trades.length})</h2><div style="max-height:300px;overflow:auto"><table class="rows"><thead><tr>` +
-    d.columns.map((c) => `<th>${esc(c)}</th>`).join("") + `</tr></thead><tbody>` +
-    d.trades.map((t) => "<tr>" + d.columns.map((c) => `<td class="${typeof t[c] === "number" ? "num" : ""}">${typeof t[c] === "number" ? fmt(t[c]) : esc(t[c])}</td>`).join("") + "</tr>").join("") +
+    cols.map((c) => `<th>${esc(c)}</th>`).join("") + `</tr></thead><tbody>` +
+    d.trades.map((t) => "<tr>" + cols.map((c) => `<td class="${typeof t[c] === "number" ? "num" : ""}">${typeof t[c] === "number" ? fmt(t[c]) : esc(t[c])}</td>`).join("") + "</tr>").join("") +
     `</tbody></table></div>`;
   const xs = d.equity.map((p) => p[0]);
   const w = Math.max(300, slot.clientWidth - 30);
