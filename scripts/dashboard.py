@@ -571,6 +571,82 @@ def build_app(srv: Server) -> Any:
     return Checks(app)
 
 
+class Web:
+    """The dashboard, listening: made by ``Web.open`` (which binds, so port 0 gets a free
+    port and ``url`` is the one served), run by ``run`` (here) or ``start`` (a thread, as the
+    supervised actor does), stopped by ``stop`` from any thread."""
+
+    def __init__(self, srv: Server, sock: Any, url: str) -> None:
+        import uvicorn
+
+        self.srv, self.sock, self.url = srv, sock, url
+        cfg = uvicorn.Config(build_app(srv), log_level="warning", lifespan="on", timeout_graceful_shutdown=2,
+                             access_log=False)
+
+        class DashServer(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: Any) -> None:
+                Web._closing(srv)
+                super().handle_exit(sig, frame)
+
+        self.server = DashServer(cfg)
+        self.thread: threading.Thread | None = None
+
+    @staticmethod
+    def _closing(srv: Server) -> None:
+        # Event streams never end by themselves: end them, or the stop would wait for
+        # them until the graceful-shutdown timeout.
+        srv.stop.set()
+        srv._send(srv.hub.close_tabs)
+
+    @classmethod
+    def open(cls, run_dir: str, backtest_dir: str | None = None, host: str = "127.0.0.1", port: int = 8765,
+             token_file: str | None = None, say: Any = print) -> "Web":
+        """Raises OSError (the token file, the port) with a message naming what failed."""
+        import socket
+
+        run_dir = os.path.abspath(run_dir)
+        backtest_dir = os.path.abspath(backtest_dir or run_dir.rstrip("/") + "-backtest")
+        token, made = None, False
+        if not model.is_loopback(host):
+            path = os.path.abspath(token_file or os.path.join(run_dir, "dashboard.token"))
+            try:
+                token, made = model.load_or_make_token(path)
+            except OSError as e:
+                raise OSError(f"cannot make the token file {path}: {e}") from None
+            say(f"dashboard: token made and stored in {path} (0600); it is printed only now: {token}" if made
+                else f"dashboard: token from {path}")
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(fam, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            sock.close()
+            raise OSError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+        sock.listen(128)  # before the URL is told: a client that connects at once waits in the backlog
+        port = sock.getsockname()[1]
+        host_txt = f"[{host}]" if ":" in host else host
+        url = f"http://{host_txt}:{port}/"
+        say(f"dashboard: {url}" + (f"?token={token}" if made else "") + f"  (run dir {run_dir}, backtests {backtest_dir})")
+        return cls(Server(run_dir, backtest_dir, host, port, token), sock, url)
+
+    def run(self) -> None:
+        try:
+            self.server.run(sockets=[self.sock])
+        finally:
+            self.sock.close()
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self.run, name="dashboard-web", daemon=True)
+        self.thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._closing(self.srv)
+        self.server.should_exit = True
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="dashboard.py", description="paperbus web dashboard")
     ap.add_argument("--run-dir", default="run", help="the live run directory (default ./run)")
@@ -579,52 +655,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
     ap.add_argument("--token-file", default=None, help="where the token is kept (default RUN_DIR/dashboard.token)")
     args = ap.parse_args(argv)
-    import uvicorn
-
-    run_dir = os.path.abspath(args.run_dir)
-    backtest_dir = os.path.abspath(args.backtest_dir or run_dir.rstrip("/") + "-backtest")
-    token, made = None, False
-    if not model.is_loopback(args.host):
-        path = os.path.abspath(args.token_file or os.path.join(run_dir, "dashboard.token"))
-        try:
-            token, made = model.load_or_make_token(path)
-        except OSError as e:
-            print(f"dashboard: cannot make the token file {path}: {e}", file=sys.stderr)
-            return 1
-        if made:
-            print(f"dashboard: token made and stored in {path} (0600); it is printed only now: {token}", flush=True)
-        else:
-            print(f"dashboard: token from {path}", flush=True)
-    import socket
-
-    # Bind the socket here: port 0 picks a free port, and the URL printed is the one served.
-    fam = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-    sock = socket.socket(fam, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((args.host, args.port))
+        web = Web.open(args.run_dir, args.backtest_dir, args.host, args.port, args.token_file,
+                       say=lambda s: print(s, flush=True))
     except OSError as e:
-        print(f"dashboard: cannot listen on {args.host}:{args.port}: {e.strerror}", file=sys.stderr)
+        print(f"dashboard: {e}", file=sys.stderr)
         return 1
-    sock.listen(128)  # before the URL is printed: a client that connects at once waits in the backlog
-    port = sock.getsockname()[1]
-    srv = Server(run_dir, backtest_dir, args.host, port, token)
-    host_txt = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"dashboard: http://{host_txt}:{port}/" + (f"?token={token}" if token and made else "")
-          + f"  (run dir {run_dir}, backtests {backtest_dir})", flush=True)
-    cfg = uvicorn.Config(build_app(srv), log_level="warning", lifespan="on", timeout_graceful_shutdown=2,
-                         access_log=False)
-
-    class DashServer(uvicorn.Server):
-        def handle_exit(self, sig: int, frame: Any) -> None:
-            # Event streams never end by themselves: end them, or the stop would wait for
-            # them until the graceful-shutdown timeout.
-            srv.stop.set()
-            srv._send(srv.hub.close_tabs)
-            super().handle_exit(sig, frame)
-
-    server = DashServer(cfg)
-    server.run(sockets=[sock])
+    web.run()
     return 0
 
 

@@ -78,10 +78,17 @@ class Page:
         changed = json.loads(json.dumps(changed))
         for k in gone:
             del self.state[k]
-        self.state.update(changed)
-        self.seq, self.pub_ms = seq, pub_ms
         pts = self._series(changed, now_s)
         msg: dict[str, Any] = {"t": "upd", "seq": seq, "pub_ms": pub_ms, "keys": changed}
+        add = _appended(self.state.get("trades"), changed.get("trades"))
+        if add is not None:
+            # The view sends its whole list of last trades on every fill; the tabs get only the
+            # new ones (a fast feed would otherwise send each trade fifty times).
+            del changed["trades"]
+            self.state["trades"] = json.loads(json.dumps(state["trades"]))
+            msg["trades_add"], msg["trades_len"] = add, len(state["trades"])
+        self.state.update(changed)
+        self.seq, self.pub_ms = seq, pub_ms
         if gone:
             msg["gone"] = gone
         if pts:
@@ -147,6 +154,19 @@ class Page:
                 "series": {"eq": list(self.equity), "px": {s: list(v) for s, v in self.prices.items()},
                            "fills": list(self.markers)},
                 "link": self.link, "status": {"status": self.status, "error": self.status_error}}
+
+
+def _appended(old: Any, new: Any) -> list[Any] | None:
+    """The items to append to ``old`` (then keeping its last len(new)) to get ``new``: the
+    fewest that do it, so a bounded list of the last trades sends only its new ones. None
+    when either is not a non-empty list."""
+    if not isinstance(old, list) or not isinstance(new, list) or not old or not new:
+        return None
+    for k in range(0, len(new) + 1):  # k: how many are new, fewest first
+        keep = new[:len(new) - k]
+        if not keep or keep == old[-len(keep):]:
+            return new[len(new) - k:]
+    return None
 
 
 def _append(series: deque[tuple[float, float]], t: float, v: float) -> list[float]:

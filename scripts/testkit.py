@@ -422,7 +422,9 @@ def start_dashboard(run_dir: str, args: list[str] | tuple[str, ...] = (), *,
     token line on a non-loopback bind); stdout is a pipe, stderr goes to ours."""
     import select
 
-    p = spawn([PY, "scripts/dashboard.py", "--run-dir", run_dir, "--port", "0", *args], stdout=subprocess.PIPE)
+    # Unbuffered: a line read must not pull the next one into a buffer select() cannot see.
+    p = spawn([PY, "scripts/dashboard.py", "--run-dir", run_dir, "--port", "0", *args], stdout=subprocess.PIPE,
+              bufsize=0)
     assert p.stdout is not None
     deadline = time.monotonic() + timeout
     lines: list[str] = []

@@ -213,3 +213,18 @@ def test_token_made_once_and_private(tmp_path):
     tok, made = m.load_or_make_token(path)
     assert made and len(tok) >= 32 and stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert m.load_or_make_token(path) == (tok, False)
+
+
+def test_only_new_trades_are_pushed_and_the_list_keeps_the_views_length():
+    p = m.Page()
+
+    def tr(i):
+        return {"fill_id": i, "symbol": "S", "side": "buy", "price": 1.0, "qty": 1, "at_ns": i}
+
+    p.update(view(trades=[tr(1), tr(2), tr(3)]), 1, None, now_s=1.0)
+    page = list(p.state["trades"])
+    upd = p.update(view(trades=[tr(2), tr(3), tr(4), tr(5)][-3:]), 2, None, now_s=2.0)  # bounded at 3
+    assert "trades" not in upd["keys"] and upd["trades_add"] == [tr(4), tr(5)] and upd["trades_len"] == 3
+    page = (page + upd["trades_add"])[-upd["trades_len"]:]  # what the page does
+    assert page == p.state["trades"] == [tr(3), tr(4), tr(5)]
+    assert m._appended([tr(1)], [tr(9)]) == [tr(9)]  # nothing in common: all of it

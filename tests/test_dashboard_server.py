@@ -268,3 +268,17 @@ def test_other_interface_needs_the_token_on_every_request_and_stream(procs, dash
             assert f.read().strip() == tok
     finally:
         tk.stop_dashboard(p)
+
+
+def test_the_dashboard_as_a_supervised_actor(procs, run_dir):
+    sup = tk.start_supervisor(run_dir, sets=LIVE + ["actors.dashboard.module=actors.dashboard",
+                                                    "actors.dashboard.params={ port = 0 }"], spawn=procs.spawn)
+    try:
+        url = tk.wait_for(lambda: tk.field(run_dir, "actors", "dashboard", "status", "url"), 15, "its URL in status")
+        h = Http(url)
+        h.page()
+        hello = h.events(lambda e: e["t"] == "hello" and e["state"].get("run_id"), 15, "a hello with the state")
+        assert hello["state"]["run_id"] == tk.field(run_dir, "run_id")
+        assert "dashboard" in hello["state"]["actors"]
+    finally:
+        assert tk.shutdown(sup, run_dir) == 0

@@ -9,7 +9,7 @@ const CSRF = document.querySelector('meta[name="csrf"]').content;
 const S = { state: {}, seq: 0, link: null, status: null, statusError: "", runs: [], jobs: {},
             eq: [], px: {}, fills: [], lastEvent: Date.now(), connected: false };
 // Update latency as the page sees it: publisher send time -> painted (ms), for tests and bench.
-window.__pb = { lat: [], updates: 0, state: S };
+window.__pb = { lat: [], arrival: [], updates: 0, state: S };
 
 const $ = (id) => document.getElementById(id);
 const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
@@ -253,6 +253,21 @@ function addPoint(arr, p) {
 }
 
 // ------------------------------------------------------------------ stream
+// Pushes are applied to S as they come; the page is drawn once per frame with every key
+// that changed since the last one (a fast feed sends more pushes than a screen has frames).
+let dirty = new Set(), pendingPub = [], flushDue = false;
+function flush() {
+  flushDue = false;
+  renderKeys([...dirty]);
+  dirty.clear();
+  document.body.dataset.seq = String(S.seq);
+  // Update latency: publisher send time -> this frame, for every push it shows.
+  const now = Date.now(), lat = window.__pb.lat;
+  for (const p of pendingPub) lat.push(now - p);
+  pendingPub = [];
+  if (lat.length > 10000) lat.splice(0, lat.length - 10000);
+}
+
 function onMessage(m) {
   S.lastEvent = Date.now();
   if (!S.connected) { S.connected = true; renderLink(); }
@@ -268,9 +283,14 @@ function onMessage(m) {
     case "upd": {
       Object.assign(S.state, m.keys);
       for (const k of m.gone || []) delete S.state[k];
+      if (m.trades_add) {
+        // Only the new fills come; the list keeps the publisher's length.
+        const t = (S.state.trades || []).concat(m.trades_add);
+        S.state.trades = t.slice(Math.max(0, t.length - m.trades_len));
+        dirty.add("trades");
+      }
       S.seq = m.seq;
-      document.body.dataset.seq = String(m.seq);
-      renderKeys(Object.keys(m.keys).concat(m.gone || []));
+      for (const k of Object.keys(m.keys).concat(m.gone || [])) dirty.add(k);
       if (m.pts) {
         if (m.pts.eq) addPoint(S.eq, m.pts.eq);
         for (const [s, p] of Object.entries(m.pts.px || {})) addPoint(S.px[s] || (S.px[s] = []), p);
@@ -278,15 +298,14 @@ function onMessage(m) {
         scheduleCharts();
       }
       if (typeof m.pub_ms === "number") {
-        const pub = m.pub_ms;
-        requestAnimationFrame(() => {
-          const lat = window.__pb.lat;
-          lat.push(Date.now() - pub);
-          if (lat.length > 10000) lat.shift();
-        });
+        if (pendingPub.length < 1000) pendingPub.push(m.pub_ms);
+        const arr = window.__pb.arrival;  // publisher send -> this push received (before drawing)
+        arr.push(Date.now() - m.pub_ms);
+        if (arr.length > 10000) arr.splice(0, arr.length - 10000);
       }
       window.__pb.updates++;
-      break;
+      if (!flushDue) { flushDue = true; requestAnimationFrame(flush); }
+      return;
     }
     case "link":
       S.link = m; renderLink(); renderHeader(); break;
