@@ -211,7 +211,8 @@ function renderLink() {
 let eqChart = null, pxChart = null, chartsDue = false;
 function chartSize(el) { return { width: Math.max(300, el.clientWidth - 4), height: 220 }; }
 function mkChart(el, series) {
-  const axes = [{ stroke: "#94a3b8", grid: { stroke: "#1e293b" } }, { stroke: "#94a3b8", grid: { stroke: "#1e293b" }, size: 80 }];
+  // Room for "1,000,000.00" on the y axis: equity has large values and small moves.
+  const axes = [{ stroke: "#94a3b8", grid: { stroke: "#1e293b" } }, { stroke: "#94a3b8", grid: { stroke: "#1e293b" }, size: 110 }];
   return new uPlot({ ...chartSize(el), series: [{}, ...series], axes, legend: { show: true }, cursor: { drag: { x: true } } },
                    [[], ...series.map(() => [])], el);
 }
