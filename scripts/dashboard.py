@@ -121,24 +121,32 @@ class Server:
         for t in self.threads:
             t.join(timeout=3)
 
+    def _page(self, fn: Any, *args: Any) -> None:
+        """In the event loop: change the page model (the only thread that does, so a tab's
+        hello never reads it half-changed) and push what it says to push."""
+        self.hub.push(fn(*args))
+
     def _clone_loop(self) -> None:
         from bus.clone_client import CloneClient
 
         c = CloneClient(self.run_dir, name="dashboard")
         page = self.hub.page
+        last_mono, last_wall, link = None, None, None
         try:
             while not self.stop.is_set():
                 changed = c.step(STEP_S)
-                if changed:
+                if changed and c.state is not None:
                     pub_ms = c.last_ts / 1e6 if c.last_ts else None
-                    # The page model is only touched here and (read) by hello() in the loop: hand
-                    # the loop a finished message, never the model half-updated.
-                    msg = page.update(c.state, c.seq, pub_ms, time.time())
-                    self._push(msg)
-                age = c.age
-                last_ms = (time.time() - age) * 1000 if age is not None else None
-                self._push(page.set_link(c.connected, c.stale, round(last_ms) if last_ms else None, c.error,
-                                         c.hb_s * 1000))
+                    # A delta replaces a top-level value whole, never changes one in place: a
+                    # shallow copy is the state as of this step, whatever the client does next.
+                    self._send(self._page, page.update, dict(c.state), c.seq, pub_ms, time.time())
+                if c.last_msg != last_mono:  # the wall time of the last message, taken once
+                    last_mono = c.last_msg
+                    last_wall = round((time.time() - c.age) * 1000) if c.age is not None else None
+                now_link = (c.connected, c.stale, last_wall, c.error, c.hb_s * 1000)
+                if now_link != link:
+                    link = now_link
+                    self._send(self._page, page.set_link, *now_link)
         finally:
             c.close()
 
@@ -146,16 +154,17 @@ class Server:
         from actors.supervision.runfiles import lock_holder
         from scripts.ctl import request
 
+        page = self.hub.page
         while not self.stop.wait(STATUS_EVERY_S):
             self._reap()
             if lock_holder(self.run_dir) is None:
-                self._push(self.hub.page.set_status(None, "no supervisor running"))
+                self._send(self._page, page.set_status, None, "no supervisor running")
                 continue
             try:
                 data = request(self.run_dir, "status", timeout=1.0).data
-                self._push(self.hub.page.set_status(data))
+                self._send(self._page, page.set_status, data)
             except RuntimeError as e:
-                self._push(self.hub.page.set_status(None, str(e)))
+                self._send(self._page, page.set_status, None, str(e))
 
     def _runs_sig(self) -> tuple:
         sig = []
