@@ -162,6 +162,11 @@ class Server:
                 continue
             try:
                 data = request(self.run_dir, "status", timeout=1.0).data
+                # The actors' heartbeat period, so the page can mark a late one (status has the ages).
+                from actors.rundir import read_json
+                sup_cfg = read_json(os.path.join(self.run_dir, "config.json")).get("supervisor") or {}
+                if isinstance(sup_cfg.get("heartbeat_ms"), (int, float)):
+                    data["heartbeat_ms"] = sup_cfg["heartbeat_ms"]
                 self._send(self._page, page.set_status, data)
             except RuntimeError as e:
                 self._send(self._page, page.set_status, None, str(e))

@@ -197,11 +197,33 @@ def test_start_from_the_page_new_run_listed_logs_backtest_and_shutdown(browser, 
         page.wait_for_selector("#bt-reply.ok", timeout=15_000)
         page.wait_for_selector("#jobs >> text=finished", timeout=90_000)
         assert "2,148/2,148" in page.inner_text("#jobs")
-        page.wait_for_selector("#bt-a option", state="attached", timeout=15_000)
+        page.fill("#bt-params", "strategy.params={ fast = 10, slow = 50, qty = 10 }")
+        page.click("#btn-backtest")
+        page.wait_for_selector("#jobs tbody tr:nth-child(2) >> text=finished", timeout=90_000)
+        page.wait_for_selector("#bt-b option:nth-child(3)", state="attached", timeout=15_000)  # (none) + 2
+        runs = page.eval_on_selector_all("#bt-a option", "os => os.map((o) => o.value)")
+        page.select_option("#bt-a", runs[0])
+        page.select_option("#bt-b", runs[1])
         page.click("#btn-compare")
-        page.wait_for_selector(".bt-result .uplot", timeout=15_000)
-        assert "final_equity" in page.inner_text(".bt-result") and page.locator(".bt-result .uplot").count() == 2
+        page.wait_for_selector(f'.bt-result[data-run="{runs[1]}"] .uplot', timeout=15_000)
+        cards = page.locator(".bt-result")
+        assert cards.count() == 2 and page.locator(".bt-result .uplot").count() == 4  # equity over drawdown, each
+        assert "final_equity" in cards.nth(0).inner_text() and "net_pnl" in cards.nth(1).inner_text()
         shot(page, "dashboard-backtests.png")
+
+        # Deleting a backtest: the confirmation names every file that goes, its ledger first among
+        # them; the live run has no box to tick; the list updates by itself.
+        page.click("#tab-runs")
+        assert page.locator(f'#runs tr[data-run="{rid}"] input').count() == 0
+        page.check(f'#runs tr[data-run="{runs[0]}"] input')
+        page.click("#btn-delete")
+        page.wait_for_selector("#confirm[open]")
+        text = page.inner_text("#confirm-text")
+        assert runs[0] in text and "ledger.sqlite" in text and "summary.json" in text, text
+        page.click("#confirm-ok")
+        page.wait_for_selector(f"#runs-reply.ok >> text=deleted {runs[0]}", timeout=15_000)
+        page.wait_for_selector(f'#runs tr[data-run="{runs[0]}"]', state="detached", timeout=15_000)
+        assert page.locator(f'#runs tr[data-run="{runs[1]}"]').count() == 1
 
         # Shutdown from the page: the supervisor it started ends in order.
         page.click("#tab-live")
