@@ -16,22 +16,29 @@ const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&
 
 // Numbers rendered generically: integers as integers, fractions (quantities like 0.001
 // too) with as many decimals as they need, money with two.
+// Intl formatters made once: toLocaleString with options builds one per call (the page's
+// main cost before).
+const NF = new Map();
+function nf(min, max) {
+  const k = min + ":" + max;
+  if (!NF.has(k)) NF.set(k, new Intl.NumberFormat("en-US", { minimumFractionDigits: min, maximumFractionDigits: max }));
+  return NF.get(k);
+}
 function fmt(x, nd) {
   if (x === null || x === undefined) return "-";
   if (typeof x !== "number") return esc(x);
-  if (nd === undefined) {
-    if (Number.isInteger(x)) return x.toLocaleString("en-US");
-    return x.toLocaleString("en-US", { maximumFractionDigits: 8 });
-  }
-  return x.toLocaleString("en-US", { minimumFractionDigits: nd, maximumFractionDigits: nd });
+  if (nd === undefined) return Number.isInteger(x) ? nf(0, 0).format(x) : nf(0, 8).format(x);
+  return nf(nd, nd).format(x);
 }
 const money = (x) => fmt(x, 2);
 const pct = (x) => (typeof x === "number" ? (x * 100).toFixed(2) + "%" : "-");
 const sign = (x) => (typeof x !== "number" || x === 0 ? "" : x > 0 ? "pos" : "neg");
+const DAY = new Intl.DateTimeFormat("en-CA", { year: "numeric", month: "2-digit", day: "2-digit" });
+const TIME = new Intl.DateTimeFormat("en-GB", { hour: "2-digit", minute: "2-digit", second: "2-digit" });
 function when(ns) {
   if (!ns) return "-";
   const d = new Date(ns / 1e6);
-  return d.toLocaleDateString("en-CA") + " " + d.toLocaleTimeString("en-GB");
+  return DAY.format(d) + " " + TIME.format(d);
 }
 function dur(s) {
   if (typeof s !== "number") return "-";
@@ -39,10 +46,15 @@ function dur(s) {
   if (s < 3600) return Math.floor(s / 60) + "m" + String(Math.floor(s % 60)).padStart(2, "0") + "s";
   return Math.floor(s / 3600) + "h" + String(Math.floor((s % 3600) / 60)).padStart(2, "0") + "m";
 }
+// Writes only what differs: every write to the page costs a layout and a paint, and most
+// pushes change a few cells (five tabs on a small machine feel each one).
+function setText(el, text) { if (el.textContent !== text) el.textContent = text; }
+const lastHTML = new WeakMap();
+function setHTML(el, html) { if (lastHTML.get(el) !== html) { el.innerHTML = html; lastHTML.set(el, html); } }
 function setNum(el, v, nd) {
-  el.textContent = nd === undefined ? fmt(v) : fmt(v, nd);
-  el.dataset.value = typeof v === "number" ? String(v) : "";
-  el.classList.remove("pos", "neg");
+  setText(el, nd === undefined ? fmt(v) : fmt(v, nd));
+  const val = typeof v === "number" ? String(v) : "";
+  if (el.dataset.value !== val) el.dataset.value = val;
 }
 
 // ------------------------------------------------------------------ rendering
@@ -67,13 +79,14 @@ function renderKeys(keys) {
 }
 
 function renderHeader() {
-  $("run-id").textContent = S.state.run_id || "-";
+  setText($("run-id"), S.state.run_id || "-");
   const t = S.state.trading || {};
   const el = $("trading");
   const st = t.known ? t.state : "unknown";
-  el.textContent = "trading " + (st || "unknown").toUpperCase();
-  el.className = "badge " + (st === "trading" ? "ok" : st === "halted" || st === "failed" ? "bad" : "warn");
-  el.dataset.state = st || "";
+  setText(el, "trading " + (st || "unknown").toUpperCase());
+  const cls = "badge " + (st === "trading" ? "ok" : st === "halted" || st === "failed" ? "bad" : "warn");
+  if (el.className !== cls) el.className = cls;
+  if (el.dataset.state !== (st || "")) el.dataset.state = st || "";
 }
 
 function renderAccount() {
@@ -81,9 +94,13 @@ function renderAccount() {
   for (const k of ["equity", "cash", "realized", "unrealized", "fees", "gross_exposure", "initial_cash"]) {
     const el = $("acct-" + k);
     setNum(el, a[k], 2);
-    if (k === "realized" || k === "unrealized") { const c = sign(a[k]); if (c) el.classList.add(c); }
+    if (k === "realized" || k === "unrealized") {
+      const c = sign(a[k]);
+      el.classList.toggle("pos", c === "pos");
+      el.classList.toggle("neg", c === "neg");
+    }
   }
-  $("acct-note").textContent = a.known === false ? "no report from the exchange yet" : "";
+  setText($("acct-note"), a.known === false ? "no report from the exchange yet" : "");
 }
 
 function renderPerf() {
@@ -95,7 +112,7 @@ function renderPerf() {
                 ["wins / losses", fmt(p.wins) + " / " + fmt(p.losses)], ["fills", fmt(p.fills)]];
   let html = rows.map(([k, v]) => `<tr><th>${k}</th><td class="num">${v}</td></tr>`).join("");
   if (p.complete === false) html += `<tr><td colspan="2" class="note">figures since the view started (trading happened before)</td></tr>`;
-  $("perf").innerHTML = html;
+  setHTML($("perf"), html);
 }
 
 function actorFlags(name, a, st) {
@@ -115,7 +132,7 @@ function renderActors() {
   const status = (S.status && S.status.actors) || {};
   const names = [...new Set([...Object.keys(actors), ...Object.keys(status)])].sort();
   const now = Date.now();
-  $("actors").tBodies[0].innerHTML = names.map((n) => {
+  setHTML($("actors").tBodies[0], names.map((n) => {
     const a = actors[n] || {}, st = status[n] || {};
     const state = st.state || a.state || "?";
     const [cls, note] = actorFlags(n, { ...a, state }, st);
@@ -126,47 +143,47 @@ function renderActors() {
       `<td class="num">${esc(st.pid || a.pid || "-")}</td><td class="num">${dur(up)}</td>` +
       `<td class="num">${fmt(st.restarts !== undefined ? st.restarts : a.restarts)}</td><td class="num">${hb}</td>` +
       `<td>${esc(st.detail || a.detail || "")}</td></tr>`;
-  }).join("");
-  $("status-note").textContent = S.statusError ? "supervisor: " + S.statusError : "";
+  }).join(""));
+  setText($("status-note"), S.statusError ? "supervisor: " + S.statusError : "");
   const sel = $("restart-actor"), cur = sel.value;
   const opts = names.map((n) => `<option${n === cur ? " selected" : ""}>${esc(n)}</option>`).join("");
-  if (sel.innerHTML !== opts) sel.innerHTML = opts;
+  setHTML(sel, opts);
 }
 
 function renderPositions() {
   const pos = S.state.positions || {};
   let total = 0, any = false;
-  $("positions").tBodies[0].innerHTML = Object.entries(pos).map(([sym, p]) => {
+  setHTML($("positions").tBodies[0], Object.entries(pos).map(([sym, p]) => {
     if (typeof p.mtm === "number") { total += p.mtm; any = true; }
     return `<tr data-symbol="${esc(sym)}"><td>${esc(sym)}</td><td class="num" data-value="${p.qty}">${fmt(p.qty)}</td>` +
       `<td class="num">${fmt(p.avg_price, 4)}</td><td class="num" data-value="${p.last}">${fmt(p.last, 4)}</td>` +
       `<td class="num ${sign(p.mtm)}" data-value="${p.mtm}">${money(p.mtm)}</td>` +
       `<td class="num">${money(p.market_value)}</td><td class="num ${sign(p.realized)}">${money(p.realized)}</td></tr>`;
-  }).join("") || `<tr><td colspan="7" class="note">no open position</td></tr>`;
+  }).join("") || `<tr><td colspan="7" class="note">no open position</td></tr>`);
   const a = S.state.account || {};
   setNum($("total-mtm"), typeof a.unrealized === "number" ? a.unrealized : any ? total : null, 2);
   const syms = Object.keys((S.state.market || {}).last || {});
   const sel = $("price-symbol"), cur = sel.value;
   const opts = syms.map((s) => `<option${s === cur ? " selected" : ""}>${esc(s)}</option>`).join("");
-  if (sel.innerHTML !== opts) sel.innerHTML = opts;
+  setHTML(sel, opts);
 }
 
 function renderOrders() {
   const orders = S.state.orders || {};
-  $("orders").tBodies[0].innerHTML = Object.entries(orders).map(([id, o]) =>
+  setHTML($("orders").tBodies[0], Object.entries(orders).map(([id, o]) =>
     `<tr><td>${esc(id)}</td><td>${esc(o.cl_id || "")}</td><td>${esc(o.symbol || "")}</td><td>${esc(o.side || "")}</td>` +
     `<td class="num">${fmt(o.qty)}</td><td class="num">${fmt(o.filled)}</td><td>${esc(o.type || "")}</td>` +
     `<td class="num">${fmt(o.price, 4)}</td><td>${esc(o.status || "")}</td></tr>`).join("") ||
-    `<tr><td colspan="9" class="note">no open order</td></tr>`;
+    `<tr><td colspan="9" class="note">no open order</td></tr>`);
 }
 
 function renderTrades() {
   const trades = (S.state.trades || []).slice(-20).reverse();
-  $("trades").tBodies[0].innerHTML = trades.map((t) =>
+  setHTML($("trades").tBodies[0], trades.map((t) =>
     `<tr><td>${when(t.at_ns)}</td><td>${esc(t.symbol || "")}</td><td>${esc(t.side || "")}</td>` +
     `<td class="num">${fmt(t.qty)}</td><td class="num">${fmt(t.price, 4)}</td>` +
     `<td class="num ${sign(t.realized)}">${money(t.realized)}</td><td class="num">${fmt(t.position)}</td></tr>`).join("") ||
-    `<tr><td colspan="7" class="note">no trade yet</td></tr>`;
+    `<tr><td colspan="7" class="note">no trade yet</td></tr>`);
 }
 
 function renderExtra() {
@@ -187,24 +204,27 @@ function renderControls() {
 function renderLink() {
   const l = S.link || {};
   const el = $("link"), banner = $("stale-banner");
+  const cls = (c) => { if (el.className !== c) el.className = c; };
+  const show = (b, on) => { if (b.hidden === on) b.hidden = !on; };
   if (!S.connected) {
-    el.textContent = "DASHBOARD OFFLINE"; el.className = "badge bad"; $("server-banner").hidden = false;
+    setText(el, "DASHBOARD OFFLINE"); cls("badge bad"); show($("server-banner"), true);
   } else {
-    $("server-banner").hidden = true;
+    show($("server-banner"), false);
     if (l.stale) {
       const age = l.last_msg_ms ? (Date.now() - l.last_msg_ms) / 1000 : null;
-      el.textContent = age !== null ? `STALE ${age.toFixed(1)}s` : "STALE";
-      el.className = "badge bad";
-      banner.hidden = false;
-      banner.textContent = (age !== null
+      setText(el, age !== null ? `STALE ${age.toFixed(1)}s` : "STALE");
+      cls("badge bad");
+      show(banner, true);
+      setText(banner, (age !== null
         ? `STALE: no message from the state-publisher for ${age.toFixed(1)}s; the values below are the last received`
-        : "STALE: no state-publisher has answered yet") + (l.error ? ` (${l.error})` : "") + "; reconnecting by itself.";
+        : "STALE: no state-publisher has answered yet") + (l.error ? ` (${l.error})` : "") + "; reconnecting by itself.");
     } else {
-      el.textContent = "LIVE"; el.className = "badge ok"; banner.hidden = true;
+      setText(el, "LIVE"); cls("badge ok"); show(banner, false);
     }
   }
-  document.body.classList.toggle("stale", !!l.stale || !S.connected);
-  document.body.dataset.stale = String(!!l.stale);
+  const dim = !!l.stale || !S.connected;
+  if (document.body.classList.contains("stale") !== dim) document.body.classList.toggle("stale", dim);
+  if (document.body.dataset.stale !== String(!!l.stale)) document.body.dataset.stale = String(!!l.stale);
 }
 
 // ------------------------------------------------------------------ charts
@@ -233,7 +253,7 @@ function initCharts() {
 function scheduleCharts() {
   if (chartsDue) return;
   chartsDue = true;
-  setTimeout(() => requestAnimationFrame(drawCharts), 250);  // at most 4 redraws a second
+  setTimeout(() => requestAnimationFrame(drawCharts), 500);  // at most 2 redraws a second
 }
 function drawCharts() {
   chartsDue = false;
@@ -261,7 +281,7 @@ function flush() {
   flushDue = false;
   renderKeys([...dirty]);
   dirty.clear();
-  document.body.dataset.seq = String(S.seq);
+  if (document.body.dataset.seq !== String(S.seq)) document.body.dataset.seq = String(S.seq);
   // Update latency: publisher send time -> this frame, for every push it shows.
   const now = Date.now(), lat = window.__pb.lat;
   for (const p of pendingPub) lat.push(now - p);
@@ -330,7 +350,7 @@ function connect() {
 
 setInterval(() => {
   // The ages tick here, between pushes; a silent server (no ping for 3 periods) is shown.
-  $("clock").textContent = new Date().toLocaleString("en-GB");
+  setText($("clock"), new Date().toLocaleString("en-GB").slice(0, 20));
   if (S.connected && Date.now() - S.lastEvent > 6000) S.connected = false;
   renderLink();
 }, 250);
@@ -412,7 +432,7 @@ function renderRuns() {
     const sel = $(id), cur = sel.value;
     const opts = (blank ? '<option value="">(none)</option>' : "") +
       bts.map((r) => `<option value="${esc(r.run_id)}"${r.run_id === cur ? " selected" : ""}>${esc(r.run_id)}</option>`).join("");
-    if (sel.innerHTML !== opts) sel.innerHTML = opts;
+    setHTML(sel, opts);
   }
 }
 
