@@ -238,3 +238,24 @@ def test_start_from_the_page_new_run_listed_logs_backtest_and_shutdown(browser, 
             tk.request(run_dir, "shutdown", timeout=5)
             tk.wait_gone([pid], 30)
 
+
+
+def test_the_cost_bench_runs_and_prints_every_figure(procs, tmp_path):
+    """scripts/dashboard_bench.py (docs/BENCHMARKS.md), at the smallest size: it runs and
+    prints each figure; the figures themselves are not judged here."""
+    why = _why_no_browser()
+    if why:
+        pytest.skip(why)
+    import subprocess
+
+    png = str(tmp_path / "shot.png")
+    p = procs.spawn([tk.PY, "scripts/dashboard_bench.py", "--seconds", "1", "--tabs", "1", "--rate-hz", "5",
+                     "--screenshot", png], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    out, _ = p.communicate(timeout=150)
+    text = out.decode()
+    assert p.returncode == 0, text
+    for want in ("no dashboard", "dashboard + 1 streams", "dashboard + 1 Chromium tabs", "no dashboard again",
+                 "dashboard RSS with 1 streams:", "publisher send -> shown in the page: p50"):
+        assert want in text, text
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
