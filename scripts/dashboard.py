@@ -266,18 +266,22 @@ class Server:
                 return {"ok": False, "error": f"already running (pid {held.get('pid', '?')})"}
             p, err = self._spawn([sys.executable, os.path.join(ROOT, "supervisor.py"), "--config", cfg["path"],
                                   "--run-dir", self.run_dir])
-            deadline = time.monotonic() + START_WAIT_S
-            while time.monotonic() < deadline:
-                held = lock_holder(self.run_dir)
-                if held is not None and held.get("pid") == p.pid:
-                    return {"ok": True, "message": f"supervisor started (pid {p.pid}, config {name})"}
-                if p.poll() is not None:
-                    err.seek(0)
-                    text = err.read().decode(errors="replace").strip().splitlines()
-                    return {"ok": False, "error": f"supervisor exited {p.returncode}: "
-                                                  + (text[-1] if text else "(no output)")}
-                self.stop.wait(0.05)
-            return {"ok": False, "error": f"supervisor pid {p.pid} did not take the lock within {START_WAIT_S:g}s"}
+            try:
+                deadline = time.monotonic() + START_WAIT_S
+                while time.monotonic() < deadline:
+                    held = lock_holder(self.run_dir)
+                    if held is not None and held.get("pid") == p.pid:
+                        return {"ok": True, "message": f"supervisor started (pid {p.pid}, config {name})"}
+                    if p.poll() is not None:
+                        err.seek(0)
+                        text = err.read().decode(errors="replace").strip().splitlines()
+                        return {"ok": False, "error": f"supervisor exited {p.returncode}: "
+                                                      + (text[-1] if text else "(no output)")}
+                    self.stop.wait(0.05)
+                return {"ok": False,
+                        "error": f"supervisor pid {p.pid} did not take the lock within {START_WAIT_S:g}s"}
+            finally:
+                err.close()  # ours only: the supervisor writes on through its own descriptor
 
     def _spawn(self, args: list[str]) -> tuple[subprocess.Popen, Any]:
         from scripts.testkit import child_env

@@ -295,3 +295,15 @@ def test_the_dashboard_as_a_supervised_actor(procs, run_dir):
         assert st["run_id"] == tk.field(run_dir, "run_id")
     finally:
         assert tk.shutdown(sup, run_dir) == 0
+
+
+def test_a_start_that_fails_says_why_in_the_supervisors_words(procs, dash, run_dir):
+    with open(os.path.join(run_dir, "run.json"), "w") as f:  # the directory belongs to backtests
+        json.dump({"run_id": "20250101T000000-abcdef", "mode": "backtest"}, f)
+    h = dash()
+    h.page()
+    status, body = h.post("/api/control", {"cmd": "start", "arg": "default"})
+    assert status == 409 and body["error"].startswith("supervisor exited 2: supervisor: run directory "), body
+    assert "belongs to backtests" in body["error"] and lock_holder(run_dir) is None
+    status, body = h.post("/api/control", {"cmd": "start", "arg": "backtest"})
+    assert status == 400 and "start it from Backtests" in body["error"]
