@@ -188,7 +188,9 @@ class Supervisor:
         if not isinstance(req, CtlRequest):
             reply(False, f"expected a ctl request, got {type(req).__name__}")
             return
-        self.log.info("control request", cmd=req.cmd, arg=req.arg)
+        # status changes nothing and a dashboard asks it every second: debug, or it would
+        # bury the log; every command that acts stays on info.
+        (self.log.debug if req.cmd == "status" else self.log.info)("control request", cmd=req.cmd, arg=req.arg)
         entry = CONTROL.get(req.cmd)
         if entry is None or entry.handler is None:
             reply(False, f"unknown command {req.cmd!r} ({', '.join(SUPERVISOR_COMMANDS)})"

@@ -56,6 +56,7 @@ class CloneClient:
         self.publisher: tuple[str, int] | None = None  # (src, pid) of the process the state came from
         self.last_msg: float | None = None  # monotonic time of the last message from the publisher
         self.last_hb_seq = -1  # state_seq of the last heartbeat (tests use it to know the stream is idle)
+        self.last_ts = 0  # publisher's send time (envelope ts, ns) of the last snapshot or delta applied
         self.error = ""  # why we are not connected, for display
         self.stats = {"snapshots": 0, "resyncs": 0, "gaps": 0, "missed": 0, "reconnects": 0, "bad": 0,
                       "deltas": 0}
@@ -203,6 +204,7 @@ class CloneClient:
             return False
         self.state = dict(msg.state)
         self.seq = msg.state_seq
+        self.last_ts = rcv.env.ts
         self.publisher = (rcv.env.src, rcv.env.pid)
         self.last_msg = time.monotonic()
         self.stats["snapshots"] += 1
@@ -238,6 +240,7 @@ class CloneClient:
                 assert self.state is not None
                 self.state[msg.key] = msg.value
                 self.seq = msg.state_seq
+                self.last_ts = rcv.env.ts
                 self.stats["deltas"] += 1
                 changed = True
             elif isinstance(msg, StateHeartbeat):

@@ -410,3 +410,47 @@ def check_published(published: dict[int, Fill], led: LedgerState, violations: li
             violations.append(f"published fill {fid} differs from the ledger in {', '.join(bad)}: "
                               f"{[getattr(f, k) for k in bad]} vs {[r[k] for k in bad]}")
     return len(published)
+
+
+# ------------------------------------------------------------------ dashboard
+def start_dashboard(run_dir: str, args: list[str] | tuple[str, ...] = (), *,
+                    spawn: Callable[..., subprocess.Popen] = spawn, timeout: float = 20.0
+                    ) -> tuple[subprocess.Popen, str]:
+    """Start ``scripts/dashboard.py`` on a free port: (its process, the URL it printed).
+
+    The URL is the first line it prints that starts with ``dashboard: http`` (after the
+    token line on a non-loopback bind); stdout is a pipe, stderr goes to ours."""
+    import select
+
+    # Unbuffered: a line read must not pull the next one into a buffer select() cannot see.
+    p = spawn([PY, "scripts/dashboard.py", "--run-dir", run_dir, "--port", "0", *args], stdout=subprocess.PIPE,
+              bufsize=0)
+    assert p.stdout is not None
+    deadline = time.monotonic() + timeout
+    lines: list[str] = []
+    while time.monotonic() < deadline:
+        if select.select([p.stdout], [], [], 0.1)[0]:
+            line = p.stdout.readline().decode()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("dashboard: http"):
+                return p, line.split()[1]
+        elif p.poll() is not None:
+            break
+    stop_dashboard(p)
+    raise RuntimeError(f"dashboard did not print its URL within {timeout}s (exit {p.poll()}): {''.join(lines)}")
+
+
+def stop_dashboard(p: subprocess.Popen, timeout: float = 10.0) -> int | None:
+    """SIGTERM (uvicorn stops in order), then SIGKILL."""
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+    if p.stdout:
+        p.stdout.close()
+    return p.returncode
