@@ -40,6 +40,9 @@ MARKERS_MAX = 500  # fill markers kept
 SAMPLE_MIN_S = 0.2  # at most this often a new point per series (a faster feed replaces the last one)
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 TOKEN_BYTES = 24
+# View keys that come from the exchange's reports: kept as last shown while a new
+# publisher's account is not yet known.
+HELD_UNTIL_KNOWN = ("account", "positions", "orders", "greeks")
 
 
 # ------------------------------------------------------------------ page state
@@ -68,6 +71,12 @@ class Page:
         what was pushed last, so a resync (a new snapshot) sends only what differs."""
         if state is None:
             return None
+        acct = state.get("account")
+        if (isinstance(acct, dict) and acct.get("known") is False
+                and isinstance(self.state.get("account"), dict) and self.state["account"].get("known")):
+            # A restarted state-publisher knows no account until the exchange reports (a
+            # few hundred ms): the page keeps the last good figures, never empties or zeros.
+            state = {**state, **{k: self.state[k] for k in HELD_UNTIL_KNOWN if k in self.state}}
         changed = {k: v for k, v in state.items() if self.state.get(k) != v}
         gone = [k for k in self.state if k not in state]
         if not changed and not gone:

@@ -40,6 +40,19 @@ def test_unknown_keys_and_fractional_quantities_pass_through_and_gone_keys_are_s
     assert "feed" not in p.hello()["state"]
 
 
+def test_a_new_publisher_that_knows_no_account_yet_keeps_the_last_figures():
+    p = m.Page()
+    p.update(view(equity=1234.0), 9, None, now_s=1.0)
+    fresh = view(equity=0.0)
+    fresh["account"] = {"known": False, "equity": 0.0, "cash": 0.0, "unrealized": 0.0}
+    fresh["positions"] = {}
+    upd = p.update(fresh, 1, None, now_s=2.0)
+    assert upd is None or not {"account", "positions"} & set(upd["keys"])
+    assert p.state["account"]["equity"] == 1234.0 and "BTC/USD" in p.state["positions"]
+    upd = p.update(view(equity=1240.0), 2, None, now_s=3.0)  # the exchange reported: live figures again
+    assert upd["keys"]["account"]["equity"] == 1240.0
+
+
 def test_series_are_bounded_and_a_fast_feed_replaces_the_last_point():
     p = m.Page()
     for i in range(m.SERIES_MAX + 50):
