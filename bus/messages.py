@@ -203,7 +203,7 @@ class Instrument(Struct, kw_only=True):
     symbol: Symbol
     kind: InstrumentKind
     tick_size: Price  # price step
-    lot_size: Qty = 1  # quantity step: every order qty is a multiple (0.001 for BTC/USDT)
+    lot_size: Annotated[float, Meta(gt=0.0, lt=1e12)] = 1.0  # quantity step: every order qty is a multiple (0.001 for BTC/USDT)
     multiplier: Price = 1.0  # contract size: value of one unit = price * multiplier
     currency: Annotated[str, Meta(min_length=3, max_length=8)] = "USD"  # quote / settlement currency
     underlying: str = ""
