@@ -102,6 +102,14 @@ class FeedAdapter:
         """Candles (ts_ns, o, h, l, c, v) from ``since_ns`` on, oldest first; the last may still be forming."""
         return []
 
+    def cache_state(self) -> Any:
+        """Anything (JSON-able) the adapter needs again to stream when a later start has to
+        use the cached master instead of a download (ccxt: the venue's market entries)."""
+        return None
+
+    def restore_cache(self, state: Any) -> None:
+        """Take back what ``cache_state`` gave, on a start that uses the cache."""
+
     def rate_limited(self, err: BaseException) -> bool:
         """True if ``err`` says the venue is rate-limiting us (HTTP 429/418): back off longer."""
         return False
@@ -152,19 +160,20 @@ class InstrumentCache:
         self.path = os.path.join(run_dir, CACHE_FILE)
         self.venue = venue
 
-    def save(self, instruments: list[Instrument], fetched_ns: int) -> None:
+    def save(self, instruments: list[Instrument], fetched_ns: int, adapter_state: Any = None) -> None:
         doc = {"version": 1, "venue": self.venue, "fetched_ns": fetched_ns,
-               "instruments": [_lean(i) for i in instruments]}
+               "instruments": [_lean(i) for i in instruments], "adapter": adapter_state}
         atomic_write(self.path, json.dumps(doc).encode(), 0o600)
 
-    def load(self) -> tuple[list[Instrument], int] | None:
-        """(instruments, fetched_ns), or None if there is no usable cache of this venue."""
+    def load(self) -> tuple[list[Instrument], int, Any] | None:
+        """(instruments, fetched_ns, adapter state), or None if there is no usable cache of this venue."""
         try:
             with open(self.path, "rb") as f:
                 doc = json.loads(f.read())
             if doc.get("version") != 1 or doc.get("venue") != self.venue:
                 return None
-            return msgspec.convert(doc["instruments"], list[Instrument]), int(doc["fetched_ns"])
+            return (msgspec.convert(doc["instruments"], list[Instrument]), int(doc["fetched_ns"]),
+                    doc.get("adapter"))
         except (OSError, ValueError, KeyError, TypeError, msgspec.ValidationError):
             return None
 
@@ -199,9 +208,10 @@ def load_master(adapter: FeedAdapter, symbols: list[str], run_dir: str, max_age_
         warn = (f"{adapter.name}: instrument master download failed ({err}); using the cached master "
                 f"{cache.path} fetched {age:.0f} s ago")
         log.warning("instrument master from cache", path=cache.path, age_s=round(age, 1), error=err)
+        adapter.restore_cache(cached[2])
         return _pick(cached[0], symbols), [warn]
     _check(insts, symbols, adapter.name)
-    cache.save(insts, time.time_ns())
+    cache.save(insts, time.time_ns(), adapter.cache_state())
     return _pick(insts, symbols), []
 
 

@@ -234,7 +234,10 @@ class Venue:
             self.counts["ws_refused"] += 1
             raise web.HTTPServiceUnavailable()
         ws = web.WebSocketResponse(heartbeat=None)
-        await ws.prepare(r)
+        try:
+            await ws.prepare(r)
+        except ConnectionError:  # the client left during the handshake (it is reconnecting)
+            return ws
         self.counts["ws_connects"] += 1
         self.ws.add(ws)
         self.subs[ws] = set()
@@ -298,6 +301,58 @@ class Venue:
 def urls(port: int) -> dict[str, str]:
     """The ``market_data.urls`` that point the ccxt adapter at a fake venue on ``port``."""
     return {"rest": f"http://127.0.0.1:{port}/api/v3", "ws": f"ws://127.0.0.1:{port}/stream/ws"}
+
+
+class VenueProc:
+    """A fake venue in a process of its own, as the tests and the bench drive it.
+
+    ``spawn`` makes the process (tests pass ``procs.spawn``, which reaps it);
+    ``ctl(**kw)`` scripts it; ``state()`` is what it made; ``sets()`` the config
+    overrides that point a ccxt feed at it."""
+
+    def __init__(self, spawn: Any, work_dir: str, symbols: str = "BTCUSDT,ETHUSDT", interval: str = "1s",
+                 trade_ms: int = 100, timeout: float = 20.0):
+        port_file = os.path.join(work_dir, "fake-venue.port")
+        self.proc = spawn([sys.executable, "-m", "scripts.fake_venue", "--port-file", port_file, "--symbols", symbols,
+                           "--interval", interval, "--trade-ms", str(trade_ms)])
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(port_file):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"fake venue did not start (exit {self.proc.poll()})")
+            time.sleep(0.02)  # a poll with a deadline: the port file appears whole (rename)
+        with open(port_file) as f:
+            self.port = int(f.read())
+        self.interval = interval
+
+    def _http(self, method: str, path: str, body: dict | None = None) -> Any:
+        import urllib.request
+
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", method=method,
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+
+    def ctl(self, **kw: Any) -> Any:
+        return self._http("POST", "/_ctl", kw)
+
+    def state(self) -> dict:
+        return self._http("GET", "/_state")
+
+    def sets(self, symbols: tuple[str, ...] = ("BTC/USDT", "ETH/USDT")) -> list[str]:
+        u = urls(self.port)
+        syms = ", ".join(f'"{s}"' for s in symbols)
+        return ['market_data.feed="ccxt"', 'market_data.venue="binance"', f'market_data.timeframe="{self.interval}"',
+                f"market_data.symbols=[{syms}]", f'market_data.urls={{rest="{u["rest"]}", ws="{u["ws"]}"}}']
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait(10)
 
 
 def make_app(venue: Venue) -> web.Application:

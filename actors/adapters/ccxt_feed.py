@@ -132,6 +132,14 @@ class CcxtFeed(FeedAdapter):
                 raise UserError(f"market_data.symbols: {self.name}: {e}") from None
         return out
 
+    def cache_state(self) -> Any:
+        # The markets of our symbols: a start on the cached master streams without exchangeInfo.
+        return {s: self.markets[s] for s in self.symbols} if self.markets else None
+
+    def restore_cache(self, state: Any) -> None:
+        if isinstance(state, dict) and all(s in state for s in self.symbols):
+            self.markets = state
+
     # --------------------------------------------------------------- stream
     def _pro(self, out: FeedOut | None) -> Any:
         if self.ex is not None:
@@ -145,7 +153,7 @@ class CcxtFeed(FeedAdapter):
         ex = cls(self._config())
         self._point(ex)
         if self.markets is not None:
-            ex.set_markets(self.markets)  # no second exchangeInfo per reconnect
+            ex.set_markets(list(self.markets.values()))  # no second exchangeInfo per reconnect
         self.ex = ex
         return ex
 
