@@ -441,9 +441,7 @@ class FeedThread:
             seen = self.out.data_count
             t_start = time.monotonic()
             try:
-                if not first:
-                    await self._backfill_all()
-                await self._stream_with_gaps()
+                await self._stream_with_gaps(backfill=not first)
                 err: BaseException | None = None
                 why = "the stream ended"
             except asyncio.CancelledError:
@@ -469,12 +467,19 @@ class FeedThread:
             await asyncio.sleep(wait)
             backoff = min(backoff * 2, md.reconnect_max_s)
 
-    async def _stream_with_gaps(self) -> None:
-        """``stream`` plus a watcher that backfills any gap the sequencer saw."""
+    async def _stream_with_gaps(self, backfill: bool) -> None:
+        """``stream`` plus a watcher that backfills any gap the sequencer saw. After a
+        reconnect (``backfill``) the missed closed bars are fetched once the new connection
+        delivers data: the stream is up, so the REST answer reaches the candle it is forming."""
+        seen = self.out.data_count
+        t0 = time.monotonic()
         stream = asyncio.ensure_future(self.adapter.stream(self.out))
         try:
             while True:
                 done, _ = await asyncio.wait({stream}, timeout=0.05)
+                if backfill and self.out.data_count > seen:
+                    backfill = False
+                    await self._backfill_all(time.monotonic() - t0)
                 if self.out.gaps:
                     await self._fill_gaps()
                 if done:
@@ -490,10 +495,13 @@ class FeedThread:
 
     async def _fill_gaps(self) -> None:
         gaps, self.out.gaps = self.out.gaps, []
+        t0 = time.monotonic()
+        n = 0
         for symbol, since, _until in gaps:
-            await self._backfill(symbol, since)
+            n += await self._backfill(symbol, since)
+        self.log.info("bar gap backfilled", gaps=len(gaps), bars=n, took_s=round(time.monotonic() - t0, 3))
 
-    async def _backfill_all(self) -> None:
+    async def _backfill_all(self, connected_s: float) -> None:
         """After a reconnect: every closed bar since the last one of each symbol."""
         if self.out.seq is None:
             return
@@ -504,8 +512,8 @@ class FeedThread:
             if last is not None:
                 n += await self._backfill(symbol, last + self.out.seq.iv)
         self.last_backfill_s = time.monotonic() - t0
-        if n:
-            self.log.info("bars backfilled after reconnect", bars=n, took_s=round(self.last_backfill_s, 3))
+        self.log.info("bars backfilled after reconnect", bars=n, took_s=round(self.last_backfill_s, 3),
+                      data_after_s=round(connected_s, 3))
 
     async def _backfill(self, symbol: str, since: int) -> int:
         seq = self.out.seq

@@ -313,6 +313,10 @@ class VenueProc:
     def __init__(self, spawn: Any, work_dir: str, symbols: str = "BTCUSDT,ETHUSDT", interval: str = "1s",
                  trade_ms: int = 100, timeout: float = 20.0):
         port_file = os.path.join(work_dir, "fake-venue.port")
+        try:  # a former venue's port file would be read before this one writes its own
+            os.unlink(port_file)
+        except FileNotFoundError:
+            pass
         self.proc = spawn([sys.executable, "-m", "scripts.fake_venue", "--port-file", port_file, "--symbols", symbols,
                            "--interval", interval, "--trade-ms", str(trade_ms)])
         deadline = time.monotonic() + timeout
