@@ -473,10 +473,19 @@ class FeedThread:
         delivers data: the stream is up, so the REST answer reaches the candle it is forming."""
         seen = self.out.data_count
         t0 = time.monotonic()
+        # A connection silent this long is taken for dead (a half-open TCP connection never
+        # closes by itself); shorter silences only make the feed stale.
+        silence_s = self.md.reconnect_silent_s
+        last_count, last_change = seen, t0
         stream = asyncio.ensure_future(self.adapter.stream(self.out))
         try:
             while True:
                 done, _ = await asyncio.wait({stream}, timeout=0.05)
+                now = time.monotonic()
+                if self.out.data_count != last_count:
+                    last_count, last_change = self.out.data_count, now
+                elif not done and now - last_change > silence_s:
+                    raise TimeoutError(f"no data for {silence_s:g} s: the connection is taken for dead")
                 if backfill and self.out.data_count > seen:
                     backfill = False
                     await self._backfill_all(time.monotonic() - t0)

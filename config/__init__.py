@@ -113,6 +113,7 @@ class MarketDataCfg(_S):
     reconnect_initial_s: PosFloat = 0.5  # first reconnect delay; doubles per failed attempt ...
     reconnect_max_s: PosFloat = 30.0  # ... up to this
     rate_limit_backoff_s: PosFloat = 10.0  # at least this long after HTTP 429/418 from the venue
+    reconnect_silent_s: PosFloat = 60.0  # a connection silent this long is re-made (half-open TCP never closes)
     poll_s: PosFloat = 2.0  # REST polling period where the venue lacks a WebSocket method
     request_timeout_s: PosFloat = 10.0  # one REST request to the venue
     record: bool = False  # write what a live feed received (trades, quotes, bars) into the run dir
@@ -430,6 +431,9 @@ def _validate_feed(md: MarketDataCfg, where: str) -> None:
     if md.record and md.feed in ("synthetic", "replay"):
         raise ConfigError(f"{where}: key market_data.record: records a live adapter's data (feed = \"ccxt\" or a "
                           f"plugin), not the {md.feed} feed")
+    if md.reconnect_silent_s <= md.stale_after_s:
+        raise ConfigError(f"{where}: key market_data.reconnect_silent_s: must be > stale_after_s (a silent feed is "
+                          f"stale first, then reconnected)")
     if md.reconnect_max_s < md.reconnect_initial_s:
         raise ConfigError(f"{where}: key market_data.reconnect_max_s: must be >= reconnect_initial_s")
 

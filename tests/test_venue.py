@@ -23,7 +23,8 @@ from scripts.fake_venue import VenueProc
 
 pytestmark = pytest.mark.timeout(90)
 
-FAST = ["market_data.stale_after_s=1.0", "market_data.reconnect_initial_s=0.2", "market_data.reconnect_max_s=1.0",
+FAST = ["market_data.stale_after_s=1.0", "market_data.reconnect_silent_s=10.0", "market_data.reconnect_initial_s=0.2",
+        "market_data.reconnect_max_s=1.0",
         "market_data.rate_limit_backoff_s=1.0", "market_data.request_timeout_s=5.0",
         'market_data.record=true', 'market_data.record_format="csv"', "market_data.record_rows=100"]
 
@@ -163,7 +164,7 @@ def test_stale_feed_and_recovery_on_md_status_and_in_the_state_view(procs, run_d
         testkit.wait_for(lambda: (m := next_status(0.5)) is not None and m.state == "ok", 15, "ok again")
         assert seen[-1].since > stale.since
         testkit.wait_for(lambda: view(run_dir, "feed", "state") == "ok", 5, "the view shows ok")
-        assert md_status(run_dir).get("reconnects", 0) == 0  # silence is not a disconnect
+        assert md_status(run_dir).get("reconnects", 0) == 0  # a short silence is not a disconnect
         ev = [e for e in testkit.log_events(run_dir, "market-data") if e.get("event") == "feed status"]
         assert [e["state"] for e in ev][-2:] == ["stale", "ok"]
     finally:
@@ -248,3 +249,18 @@ def test_bad_feed_plugin_exits_2_naming_the_key(procs, run_dir):
     out, err = p.communicate(timeout=60)
     assert p.returncode == 2
     assert "market_data.feed = 'nosuch_pkg.x:Feed': cannot import module 'nosuch_pkg.x'" in err.decode()
+
+
+def test_a_connection_silent_too_long_is_remade(procs, run_dir, venue):
+    p = start(procs, run_dir, venue, extra=["market_data.reconnect_silent_s=2.0"])
+    try:
+        wait_md(run_dir, lambda s: s.get("fseq", 0) > 20, 20, "data flowing")
+        conn0 = venue.state()["counts"]["ws_connects"]
+        venue.ctl(silent_s=3.5)  # the socket stays open, nothing comes: like a half-open connection
+        wait_md(run_dir, lambda s: s.get("reconnects", 0) >= 1, 10, "a reconnect on silence")
+        testkit.wait_for(lambda: venue.state()["counts"]["ws_connects"] > conn0, 10, "new WebSocket connections")
+        n0 = md_status(run_dir)["fseq"]
+        wait_md(run_dir, lambda s: s["fseq"] > n0 + 30 and s["feed_state"] == "ok", 20, "data again")
+    finally:
+        assert testkit.shutdown(p, run_dir) == 0
+    assert "the connection is taken for dead" in log_text(run_dir, "market-data")
