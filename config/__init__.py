@@ -425,6 +425,9 @@ def _validate_feed(md: MarketDataCfg, where: str) -> None:
     if md.feed == "ccxt" and not md.venue:
         raise ConfigError(f"{where}: key market_data.venue: required with feed = \"ccxt\" (a ccxt exchange id, "
                           f"e.g. \"binance\")")
+    if md.feed not in ("synthetic", "replay") and md.instruments != "synthetic":
+        raise ConfigError(f"{where}: key market_data.instruments: the {md.feed} feed takes its symbol master from "
+                          f"the venue; leave instruments = \"synthetic\" (the default)")
     bad = sorted(set(md.urls) - {"rest", "ws"})
     if bad:
         raise ConfigError(f"{where}: unknown key market_data.urls.{bad[0]} (known: rest, ws)")

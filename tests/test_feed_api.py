@@ -155,10 +155,14 @@ def test_feed_config_keys_are_checked():
                         ('urls={rest="http://x", wss="ws://y"}', "unknown key market_data.urls.wss"),
                         ('record=true', "key market_data.record"),
                         ('stale_after_s=0', "market_data.stale_after_s"),
-                        ('colour=1', "unknown key market_data.colour")]:
+                        ('colour=1', "unknown key market_data.colour"),
+                        ('reconnect_silent_s=5', "key market_data.reconnect_silent_s: must be > stale_after_s")]:
         with pytest.raises(config_mod.ConfigError, match=needle.replace(".", r"\.").replace("(", r"\(")):
             config_mod.load(None, [f"market_data.{bad}"])
     assert config_mod.load(None, ['market_data.feed="mypkg.feeds:MyFeed"']).market_data.feed == "mypkg.feeds:MyFeed"
+    with pytest.raises(config_mod.ConfigError, match="key market_data.instruments: the ccxt feed takes"):
+        config_mod.load(None, ['market_data.feed="ccxt"', 'market_data.venue="binance"',
+                               'market_data.instruments="data/sample/instruments.csv"'])
 
 
 def test_plugin_paths_are_user_errors_naming_the_key():
