@@ -70,6 +70,7 @@ from bus.messages import Bar, FeedStatus, Instrument, Quote, Tick
 BUILTIN = {"ccxt": "actors.adapters.ccxt_feed:CcxtFeed"}
 CACHE_FILE = "instruments.json"
 NS = 1_000_000_000
+CLOCK_SKEW_NS = 2 * NS  # a backfilled last candle is taken as closed only this long after its end
 
 
 class UnknownSymbols(UserError):
@@ -527,14 +528,15 @@ class FeedThread:
     async def _backfill(self, symbol: str, since: int) -> int:
         seq = self.out.seq
         assert seq is not None
-        candles = await self.adapter.backfill(symbol, since)
+        raw = await self.adapter.backfill(symbol, since)
+        candles = [c for c in (self.out._candle(symbol, *cd) for cd in raw) if c is not None]
         now = time.time_ns()
         n = 0
-        for cd in candles:
-            cd = self.out._candle(symbol, *cd)
-            if cd is None:
-                continue
-            if cd[0] + seq.iv > now:
+        for i, cd in enumerate(candles):
+            # Closed: a later candle follows it (the venue's word, whatever our clock says), or,
+            # the last one, it ended longer ago than any plausible clock skew.
+            closed = i + 1 < len(candles) or cd[0] + seq.iv + CLOCK_SKEW_NS <= now
+            if not closed:
                 # Still forming: the stream's updates go on from here (the closer holds it).
                 cur = self.out.closer.forming.get(symbol)
                 if cur is None or cur[0] <= cd[0]:

@@ -210,3 +210,37 @@ def test_recording_bad_rows_are_skipped_and_counted(run_dir):
     assert r.total == 1 and r.skipped == 3 and "row 3: column 'price': 'abc'" in r.warnings[0]
     with pytest.raises(UserError, match="row 3: column 'price'"):
         RecordingReplay(_md(kind='"all"', on_bad_row='"error"'), {"BTC/USDT": BTC}, p)
+
+
+def test_backfill_publishes_the_closed_candles_in_order_and_keeps_the_forming_one():
+    import asyncio
+    import time
+
+    from actors.feed_api import FeedThread
+
+    now = time.time_ns() // S * S
+    rows = [(now - k * S, 1.0, 2.0, 0.5, 1.5, 0.25) for k in (6, 5, 4, 3, 0)]  # 0: still forming
+
+    class Backfilling(FakeAdapter):
+        bar_interval_ns = S
+
+        async def backfill(self, symbol, since_ns):
+            return [r for r in rows if r[0] >= since_ns]
+
+    class Port:
+        sent = []
+
+        def send(self, m):
+            self.sent.append(m)
+
+    md = _md()
+    t = FeedThread(Backfilling([BTC]), Port(), ["BTC/USDT"], md, Log())
+    t.out.seq.accept("BTC/USDT", now - 6 * S)  # the last bar published before the outage
+    assert asyncio.run(t._backfill("BTC/USDT", now - 5 * S)) == 3
+    assert [b.ts for b in Port.sent] == [now - 5 * S, now - 4 * S, now - 3 * S]
+    assert t.out.closer.forming["BTC/USDT"][0] == now  # the stream's updates go on from it
+    assert asyncio.run(t._backfill("BTC/USDT", now - 6 * S)) == 0  # again: nothing twice
+    # A last candle that ended long ago is closed even with nothing after it.
+    rows[:] = [(now - 9 * S, 1.0, 1.0, 1.0, 1.0, 0.0)]
+    t.out.seq.last.clear()
+    assert asyncio.run(t._backfill("BTC/USDT", 0)) == 1 and Port.sent[-1].ts == now - 9 * S
