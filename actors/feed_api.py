@@ -537,9 +537,10 @@ class FeedThread:
             # the last one, it ended longer ago than any plausible clock skew.
             closed = i + 1 < len(candles) or cd[0] + seq.iv + CLOCK_SKEW_NS <= now
             if not closed:
-                # Still forming: the stream's updates go on from here (the closer holds it).
+                # Still forming: the stream's updates go on from here (the closer holds it). The
+                # stream's own update of the same candle wins: the REST answer may be older than it.
                 cur = self.out.closer.forming.get(symbol)
-                if cur is None or cur[0] <= cd[0]:
+                if cur is None or cur[0] < cd[0]:
                     self.out.closer.forming[symbol] = cd
                 continue
             if seq.last.get(symbol) is not None and cd[0] <= seq.last[symbol]:

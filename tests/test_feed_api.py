@@ -240,6 +240,9 @@ def test_backfill_publishes_the_closed_candles_in_order_and_keeps_the_forming_on
     assert [b.ts for b in Port.sent] == [now - 5 * S, now - 4 * S, now - 3 * S]
     assert t.out.closer.forming["BTC/USDT"][0] == now  # the stream's updates go on from it
     assert asyncio.run(t._backfill("BTC/USDT", now - 6 * S)) == 0  # again: nothing twice
+    t.out.closer.forming["BTC/USDT"] = (now, 1.0, 3.0, 0.5, 2.5, 0.75)  # the stream's fresher update
+    asyncio.run(t._backfill("BTC/USDT", now - 6 * S))
+    assert t.out.closer.forming["BTC/USDT"][4] == 2.5  # not replaced by the older REST answer
     # A last candle that ended long ago is closed even with nothing after it.
     rows[:] = [(now - 9 * S, 1.0, 1.0, 1.0, 1.0, 0.0)]
     t.out.seq.last.clear()
