@@ -37,7 +37,8 @@ An adapter has three parts:
 3. Health needs nothing from you: market-data marks the feed ``stale`` (FeedStatus on
    ``md.status``; the exchange fills nothing while stale) when no data arrived for
    ``stale_after_s``, ``reconnecting`` while the host reconnects, ``ok`` again as soon
-   as data flows.
+   as data flows. A connection silent for ``reconnect_silent_s`` is taken for dead and
+   re-made (a half-open TCP connection never closes by itself).
 
 Values are checked before they are published (prices finite and > 0, sizes finite
 and >= 0, a known symbol): a bad one is counted and logged, never published.
