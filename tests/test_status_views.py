@@ -146,3 +146,16 @@ def test_ctl_status_wraps_long_info_instead_of_cutting_it():
 def test_ctl_status_says_halted_and_how_to_lift_it():
     text = render_status(status_reply(halted=True, paused=True), width=80)
     assert "HALTED (kill switch; `ctl unhalt` lifts it)" in text
+
+
+def test_monitor_shows_a_stale_feed_prominently_and_still_fits():
+    feed = {"known": True, "feed": "ccxt:binance", "state": "stale", "since_ns": NOW - 5 * 10**9,
+            "last_data_ns": NOW - 6 * 10**9, "detail": "no data from ETH/USDT for over 10 s", "symbols": ["ETH/USDT"]}
+    lines = screen({**view(npos=14), "feed": feed})
+    assert len(lines) <= 24 and max(len(x) for x in lines) <= 80, "\n".join(lines)
+    line = next(x for x in lines if x.startswith("feed "))
+    assert "ccxt:binance" in line and " STALE " in line and "ETH/USDT" in line
+    ok = next(x for x in screen({**view(), "feed": {**feed, "state": "ok", "detail": "", "symbols": []}})
+              if x.startswith("feed "))
+    assert "ok" in ok and "STALE" not in ok
+    assert not any(x.startswith("feed ") for x in screen(view()))  # no feed-status yet: no line
