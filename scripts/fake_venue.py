@@ -3,7 +3,7 @@
     python -m scripts.fake_venue [--port 0] [--port-file PATH] [--symbols BTCUSDT,ETHUSDT]
 
 aiohttp on 127.0.0.1: HTTP (GET /api/v3/ping, /time, /exchangeInfo, /klines,
-/ticker/bookTicker, /trades) and WebSocket streams on /stream/ws/<n> (ccxt.pro
+/ticker/bookTicker, /trades, /aggTrades) and WebSocket streams on /stream/ws/<n> (ccxt.pro
 subscribes with ``{"method": "SUBSCRIBE", "params": ["btcusdt@trade", ...]}``:
 ``<sym>@trade``, ``<sym>@bookTicker``, ``<sym>@kline_<interval>``), in Binance's
 own wire format, so the real ccxt code parses it (the adapter points ccxt here by
@@ -197,15 +197,31 @@ class Venue:
         return web.json_response(ks[:limit] if "startTime" in r.query else ks[-limit:])
 
     async def book_ticker(self, r: web.Request) -> web.Response:
-        s = self._symbol(r)
-        p, tick = self.m.price[s], SPECS[s][3]
-        return web.json_response({"symbol": s, "bidPrice": _f(p - tick), "bidQty": _f(1.5), "askPrice": _f(p + tick),
-                                  "askQty": _f(2.0)})
+        """One symbol's best bid/ask (?symbol=), or a list (?symbols=["A","B"], or none: all)."""
+        def one(s: str) -> dict:
+            p, tick = self.m.price[s], SPECS[s][3]
+            return {"symbol": s, "bidPrice": _f(p - tick), "bidQty": _f(1.5), "askPrice": _f(p + tick),
+                    "askQty": _f(2.0)}
+        if "symbol" in r.query:
+            return web.json_response(one(self._symbol(r)))
+        want = json.loads(r.query["symbols"]) if "symbols" in r.query else self.m.symbols
+        return web.json_response([one(s) for s in want if s in self.m.symbols])
 
     async def trades(self, r: web.Request) -> web.Response:
         s = self._symbol(r)
         limit = min(int(r.query.get("limit", 500)), 1000)
         return web.json_response(self.m.trades[s][-limit:])
+
+    async def agg_trades(self, r: web.Request) -> web.Response:
+        """GET /api/v3/aggTrades (what ccxt's fetch_trades calls): one trade per aggregate here."""
+        s = self._symbol(r)
+        limit = min(int(r.query.get("limit", 500)), 1000)
+        start = int(r.query.get("startTime", 0))
+        end = int(r.query.get("endTime", 2**62))
+        rows = [t for t in self.m.trades[s] if start <= t["time"] <= end]
+        rows = rows[:limit] if "startTime" in r.query else rows[-limit:]
+        return web.json_response([{"a": t["id"], "p": t["price"], "q": t["qty"], "f": t["id"], "l": t["id"],
+                                   "T": t["time"], "m": t["isBuyerMaker"], "M": True} for t in rows])
 
     # ------------------------------------------------------------- control
     async def control(self, r: web.Request) -> web.Response:
@@ -367,6 +383,7 @@ def make_app(venue: Venue) -> web.Application:
     app.router.add_get("/api/v3/klines", venue.klines)
     app.router.add_get("/api/v3/ticker/bookTicker", venue.book_ticker)
     app.router.add_get("/api/v3/trades", venue.trades)
+    app.router.add_get("/api/v3/aggTrades", venue.agg_trades)
     app.router.add_post("/_ctl", venue.control)
     app.router.add_get("/_state", venue.state)
     app.router.add_get("/stream/ws/{n}", venue.ws_handler)

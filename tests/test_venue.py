@@ -264,3 +264,23 @@ def test_a_connection_silent_too_long_is_remade(procs, run_dir, venue):
     finally:
         assert testkit.shutdown(p, run_dir) == 0
     assert "the connection is taken for dead" in log_text(run_dir, "market-data")
+
+
+def test_a_plugin_adapter_and_rest_polling_where_the_venue_has_no_websocket(procs, run_dir, venue):
+    p = start(procs, run_dir, venue, extra=['market_data.feed="tests.fixtures.rest_feed:RestOnlyCcxt"',
+                                            "market_data.poll_s=0.2", "market_data.stale_after_s=3.0"])
+    try:
+        wait_md(run_dir, lambda s: s.get("fseq", 0) > 40, 30, "data over REST")
+        assert md_status(run_dir)["feed"] == "ccxt:binance"
+        testkit.wait_for(lambda: len(_recorded_now(run_dir)) >= 2, 30, "closed bars over REST")
+    finally:
+        assert testkit.shutdown(p, run_dir) == 0
+    assert venue.state()["counts"]["ws_connects"] == 0
+    with open(os.path.join(run_dir, "recording.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["type"] for r in rows} == {"tick", "quote", "bar"}
+    bars = [(r["symbol"], int(r["ts"])) for r in rows if r["type"] == "bar"]
+    assert len(bars) == len(set(bars))  # polling the same candles again publishes each closed one once
+    # Every trade once, none from before the start: the venue's own trade list from the first one recorded on.
+    got = [(r["symbol"], float(r["price"]), float(r["size"]), int(r["ts"])) for r in rows if r["type"] == "tick"]
+    assert len(got) == len(set(got)) and len(got) > 20

@@ -7,7 +7,8 @@
 - Stream (ccxt.pro, WebSocket, in the feed thread): ``watch_trades`` per symbol ->
   Tick, ``watch_bids_asks`` (else ``watch_ticker``) -> Quote, ``watch_ohlcv`` per symbol
   -> candle updates the host closes into Bars. A venue without a WebSocket method is
-  polled over REST every ``poll_s`` instead (fetch_trades / fetch_ticker / fetch_ohlcv).
+  polled over REST every ``poll_s`` instead (fetch_trades / fetch_bids_asks, else
+  fetch_ticker / fetch_ohlcv).
 - Backfill: ``fetch_ohlcv(since=...)`` over REST after a reconnect or a gap.
 - Rate limits: ccxt's own limiter (enableRateLimit); HTTP 429/418 come back as
   DDoSProtection, on which the host backs off at least ``rate_limit_backoff_s``.
@@ -169,6 +170,8 @@ class CcxtFeed(FeedAdapter):
                 tasks.append(self._ohlcv_ws(ex, s, out) if has.get("watchOHLCV") else self._ohlcv_rest(ex, s, out))
         if has.get("watchBidsAsks"):
             tasks.append(self._bidask_ws(ex, out))
+        elif not has.get("watchTicker") and has.get("fetchBidsAsks"):
+            tasks.append(self._bidask_rest(ex, out))
         else:
             for s in self.symbols:
                 tasks.append(self._ticker_ws(ex, s, out) if has.get("watchTicker") else self._ticker_rest(ex, s, out))
@@ -208,13 +211,29 @@ class CcxtFeed(FeedAdapter):
                       q.get("ask"), q.get("bidVolume"), q.get("askVolume"))
 
     async def _trades_rest(self, ex: Any, s: str, out: FeedOut) -> None:
-        last = 0
+        # The first answer only says where the venue is (those trades are history, not news);
+        # then each poll asks from the last trade's millisecond on and skips the ids seen in it.
+        first = await ex.fetch_trades(s)
+        last = max((t.get("timestamp") or 0 for t in first), default=0)
+        seen = {t.get("id") for t in first if t.get("timestamp") == last}
         while True:
-            for t in await ex.fetch_trades(s, since=last + 1 if last else None):
+            await asyncio.sleep(self.md.poll_s)
+            for t in await ex.fetch_trades(s, since=last or None):
                 ts = t.get("timestamp") or 0
+                if ts < last or (ts == last and t.get("id") in seen):
+                    continue
                 if ts > last:
-                    last = ts
+                    last, seen = ts, set()
+                seen.add(t.get("id"))
                 out.trade(s, _ns(ts), t.get("price"), t.get("amount"))
+
+    async def _bidask_rest(self, ex: Any, out: FeedOut) -> None:
+        while True:
+            got = await ex.fetch_bids_asks(self.symbols)
+            now = time.time_ns()
+            for s, q in got.items():
+                out.quote(s, _ns(q.get("timestamp")) if q.get("timestamp") else now, q.get("bid"), q.get("ask"),
+                          q.get("bidVolume"), q.get("askVolume"))
             await asyncio.sleep(self.md.poll_s)
 
     async def _ticker_rest(self, ex: Any, s: str, out: FeedOut) -> None:
