@@ -9,7 +9,10 @@ flat whatever the session length) or ``recording.csv`` (flushed every
     recv_ns, type (bar|tick|quote), symbol, ts, open, high, low, close, volume,
     price, size, bid, ask, bid_size, ask_size
 
-(the columns a type does not use are empty). The venue's symbol master sits beside
+(the columns a type does not use are empty). A restarted market-data writes
+``recording-2.parquet`` and so on, never over an earlier file. A Parquet file is
+readable once closed (at stop): a market-data killed outright leaves it without its
+footer, while a CSV recording keeps every flushed row. The venue's symbol master sits beside
 it in ``instruments.json`` (actors/feed_api.py), which ``market_data.instruments``
 can name for the replay.
 
@@ -47,7 +50,13 @@ class Recorder:
 
     def __init__(self, run_dir: str, fmt: str, rows_per_group: int):
         self.fmt = fmt
+        # A restarted market-data (or a second run in the directory) starts a file of its own:
+        # recording.parquet, recording-2.parquet, ... nothing recorded before is overwritten.
         self.path = os.path.join(run_dir, f"recording.{fmt}")
+        k = 1
+        while os.path.exists(self.path):
+            k += 1
+            self.path = os.path.join(run_dir, f"recording-{k}.{fmt}")
         self.group = rows_per_group
         self.rows = 0
         self.buf: dict[str, list] = {c: [] for c in COLUMNS}

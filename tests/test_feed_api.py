@@ -190,6 +190,10 @@ def test_recording_round_trip_keeps_order_and_fractional_sizes(run_dir, fmt):
         rec.write(m, 10 ** 18 + i)
     rec.close()
     assert rec.rows == len(msgs) and is_recording(rec.path)
+    again = Recorder(run_dir, fmt, 100)  # a restarted market-data: a file of its own
+    again.close()
+    assert again.path.endswith(f"recording-2.{fmt}") and RecordingReplay(_md(kind='"all"'), {"BTC/USDT": BTC},
+                                                                          rec.path).total == len(msgs)
     insts = {"BTC/USDT": BTC}
     got = list(RecordingReplay(_md(kind='"all"'), insts, rec.path).messages())
     assert got == msgs
