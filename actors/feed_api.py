@@ -62,7 +62,6 @@ import time
 from typing import Any, Callable
 
 import msgspec
-import zmq
 
 from actors.base import UserError
 from bus.fileio import atomic_write

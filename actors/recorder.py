@@ -29,7 +29,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-from pathlib import Path
 from typing import Any, Iterator
 
 from actors.base import UserError
@@ -238,7 +237,3 @@ class RecordingReplay:
                 out = []
         if out:
             yield out
-
-
-def recording_name(path: str) -> str:
-    return Path(path).name

@@ -10,7 +10,7 @@ from actors.feed_api import InstrumentCache
 from actors.recorder import Recorder
 from bus.messages import Bar, EndOfData, Instrument, Quote, Ready, Tick
 from scripts import testkit
-from tests.test_market_data import MD, NAME, start_md  # noqa: F401 (a fixture)
+from tests.test_market_data import NAME, start_md  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.timeout(120)
 S = 1_000_000_000
