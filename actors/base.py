@@ -259,6 +259,12 @@ class Actor:
             self._poller.register(port.sock, zmq.POLLIN)
         return port
 
+    def adopt(self, port: Port, handler: Callable[[Port, Received], None]) -> None:
+        """Join a port made elsewhere (bus.sockets.open_inproc) to the poll loop; closed with the others."""
+        self._ports.append(port)
+        self._handlers[port.sock] = (port, handler)
+        self._poller.register(port.sock, zmq.POLLIN)
+
     def every(self, seconds: float, fn: Callable[[], Any]) -> Timer:
         t = Timer(seconds, fn, time.monotonic() + seconds)
         self._timers.append(t)

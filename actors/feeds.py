@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from actors import instruments as instruments_mod
-from actors.replay import Replay, resolve
+from actors.replay import Replay, ReplayError, resolve
 from bus.fileio import atomic_write
 from bus.messages import Bar, EndOfData, Instrument, Tick
 
@@ -205,7 +205,18 @@ class ReplayFeed:
     follows the last one."""
 
     def __init__(self, md: Any, instruments: dict[str, Instrument]):
-        self.replay = Replay(md, instruments)
+        from actors.recorder import RecordingReplay, is_recording
+
+        path = resolve(md.path) if md.path else ""
+        self.recording = bool(path) and is_recording(path)
+        self.replay: Any
+        if self.recording:  # a live session's recording (actors/recorder.py): its own columns
+            self.replay = RecordingReplay(md, instruments, path)
+        elif md.kind == "all":
+            raise ReplayError(f"market_data.kind = \"all\" replays a recording (market_data.record = true), and "
+                              f"{path or '<no path>'} is not one (use kind = \"bars\" or \"ticks\")")
+        else:
+            self.replay = Replay(md, instruments)
         self.kind = md.kind
         self.name = f"replay:{Path(self.replay.path).name}"
         self.fseq = 0  # of the last message made
@@ -241,6 +252,13 @@ class ReplayFeed:
         """One Bar (or Tick) at a time."""
         fseq = self.fseq
         bars = self.kind == "bars"
+        if self.recording:
+            for m in self.replay.messages():
+                fseq += 1
+                self.fseq = m.fseq = fseq
+                yield m
+            self.done = True
+            return
         for rows in self.replay.chunks(SLICE):
             for row in rows:
                 fseq += 1

@@ -127,6 +127,25 @@ def _rows_toml(path: str) -> Iterable[tuple[str, dict[str, Any]]]:
         yield where, item
 
 
+def _rows_json(path: str) -> Iterable[tuple[str, dict[str, Any]]]:
+    """A live run's cached venue master (<run-dir>/instruments.json, actors/feed_api.py)."""
+    import json
+
+    try:
+        with open(path, "rb") as f:
+            doc = json.loads(f.read())
+    except ValueError as e:
+        raise InstrumentError(f"{path}: not valid JSON: {e}") from None
+    items = doc.get("instruments") if isinstance(doc, dict) else None
+    if not isinstance(items, list):
+        raise InstrumentError(f"{path}: expected an object with an 'instruments' array (a live run's instruments.json)")
+    for i, item in enumerate(items, 1):
+        where = f"{path}: instruments[{i - 1}]"
+        if not isinstance(item, dict):
+            raise InstrumentError(f"{where}: not an object")
+        yield where, item
+
+
 def load(source: str, symbols: list[str] | None = None, base_dir: str | None = None) -> tuple[list[Instrument], int]:
     """Load the master; returns (instruments, number of option -> underlying mappings)."""
     if source == SYNTHETIC:
@@ -145,8 +164,10 @@ def load(source: str, symbols: list[str] | None = None, base_dir: str | None = N
         rows = _rows_csv(path)
     elif ext == ".toml":
         rows = _rows_toml(path)
+    elif ext == ".json":
+        rows = _rows_json(path)
     else:
-        raise InstrumentError(f"{path}: unknown instrument file type {ext!r} (use .csv or .toml)")
+        raise InstrumentError(f"{path}: unknown instrument file type {ext!r} (use .csv, .toml or a live run's instruments.json)")
     out, where_of = [], {}
     try:
         for where, raw in rows:

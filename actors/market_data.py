@@ -22,11 +22,27 @@ Backtest under the actor kernel: bars go out in BarBatch messages, at most a win
 bars ahead of the slowest flow consumer's Progress, so the PUB never reaches its
 high-water mark and nothing is dropped (docs/ARCHITECTURE.md, "The actor kernel").
 
-Every published Bar/Tick carries ``fseq``, the feed's sequence number (1, 2, ...).
+- ``ccxt`` or ``package.module:Class``: a live feed adapter (actors/feed_api.py). The
+  venue's symbol master is loaded in init (READY only after it is loaded and checked;
+  a failed download falls back to a fresh-enough cache in the run dir, with a
+  warning); at RUN the adapter's stream starts in a thread of its own (``FeedThread``)
+  whose messages arrive here over an inproc PAIR socket polled with the others.
+  Trades go out as Tick on ``md.tick.<SYM>``, best bid/ask as Quote on
+  ``md.quote.<SYM>``, closed candles as Bar on ``md.bar.<SYM>``. ``record = true``
+  writes them into the run dir (actors/recorder.py) for a later replay.
+
+Every feed's health is a FeedStatus on ``md.status``, sent on every change and every
+second (a late subscriber learns it within a second): a live feed silent for
+``stale_after_s`` is stale, ``reconnecting`` while its connection is re-made, ok
+again when data flows; synthetic and replay feeds are always ok.
+
+Every published Bar/Tick/Quote carries ``fseq``, the feed's sequence number (1, 2, ...),
+given in one place (``_emit``) whatever the feed.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from typing import Any, Iterator
@@ -37,15 +53,19 @@ from actors.base import Actor, Role, main
 from actors.feeds import FeedState, GbmSymbol, ReplayFeed, WallClockBars, load_instruments
 from bus.codec import ProtocolError
 from bus.messages import (
-    Bar, BarBatch, HistoryReply, HistoryRequest, InstrumentsReply, InstrumentsRequest, MdError, Progress, Tick,
+    Bar, BarBatch, FeedStatus, HistoryReply, HistoryRequest, InstrumentsReply, InstrumentsRequest, MdError, Progress,
+    Quote, Tick,
 )
-from bus.sockets import Port, Received, topic_for
+from bus.sockets import Port, Received, open_inproc, topic_for
 
 HISTORY_MAX = 10_000  # bars kept per symbol for HistoryRequest
 SLICE_ROWS = 2_000  # rows published per work() call: bounds the time between heartbeats
 SAVE_EVERY_S = 1.0  # synthetic prices saved this often (and on stop): what a killed feed resumes from
 TOPIC_EOD = topic_for("md.eod")
 TOPIC_BATCH = topic_for("md.batch")
+TOPIC_STATUS = topic_for("md.status")
+STATUS_EVERY_S = 1.0  # FeedStatus is repeated this often: a late subscriber learns it within this
+LIVE_FEEDS_BUILTIN = ("synthetic", "replay")  # the rest are adapters (actors/feed_api.py)
 BACKTEST_WINDOW_BATCHES = 4  # bars in flight <= 4 batches: far below the md PUB's 100k HWM
 
 
@@ -55,10 +75,23 @@ class MarketData(Actor):
 
     def init(self) -> dict[str, Any]:
         md = self.cfg.market_data
-        self.instruments, self.option_mappings, src = load_instruments(md)
-        if md.instruments == "synthetic":  # [options]: a generated chain on the synthetic symbols
-            self.instruments, self.option_mappings = options_mod.with_synthetic_chain(
-                self.cfg, self.instruments, options_mod.today_in(self.cfg, time.time_ns()))
+        self.adapter = None
+        self.feed_thread = None
+        self.recorder = None
+        self.health = None
+        warns: list[str] = []  # told on the supervisor's console when READY
+        if md.feed not in LIVE_FEEDS_BUILTIN:
+            from actors import feed_api
+
+            self.adapter = feed_api.load_adapter(md)
+            self.instruments, warns = feed_api.load_master(self.adapter, list(md.symbols), self.run_dir,
+                                                           md.instruments_max_age_s, self.log)
+            self.option_mappings, src = 0, self.adapter.name
+        else:
+            self.instruments, self.option_mappings, src = load_instruments(md)
+            if md.instruments == "synthetic":  # [options]: a generated chain on the synthetic symbols
+                self.instruments, self.option_mappings = options_mod.with_synthetic_chain(
+                    self.cfg, self.instruments, options_mod.today_in(self.cfg, time.time_ns()))
         self.by_symbol = {i.symbol: i for i in self.instruments}
         self.log.info("instrument master loaded", source=src, instruments=len(self.instruments),
                       option_mappings=self.option_mappings)
@@ -75,8 +108,14 @@ class MarketData(Actor):
         self._pace_t0: float | None = None  # (wall, market ts) anchor of a paced replay
         self._pace_ts0 = 0
         self._state_dirty = False  # bars made since feed_state.json was last written
-        warns: list[str] = []  # told on the supervisor's console when READY
-        if md.feed == "replay":
+        if self.adapter is not None:
+            self.feed_name = self.adapter.name
+            if md.record:
+                from actors.recorder import Recorder
+
+                self.recorder = Recorder(self.run_dir, md.record_format, md.record_rows)
+                self.log.info("recording", path=self.recorder.path)
+        elif md.feed == "replay":
             self.replay = ReplayFeed(md, self.by_symbol)
             warns += self.replay.warnings
             self.feed_name = self.replay.name
@@ -117,12 +156,31 @@ class MarketData(Actor):
         self.gate: market_rules.InSession | None = None  # a replay's session filter
         self.pub = self.open("md", bind=True)
         self.ref = self.open("md.ref", bind=True, handler=self._on_ref)
+        if self.adapter is not None:
+            from actors.feed_api import FeedThread
+
+            # The actor's end binds first; the thread's end connects at RUN (inproc needs the bind first).
+            pair = f"md-feed-{os.getpid()}-{id(self)}"
+            self.feed_port = open_inproc(self.ctx, pair, "md", bind=True, stamper=self.stamper)
+            self.adopt(self.feed_port, self._on_feed)
+            thread_port = open_inproc(self.ctx, pair, "md", bind=False, stamper=self.stamper)
+            self._ports.append(thread_port)  # closed with the others, after the thread stopped
+            self.feed_thread = FeedThread(self.adapter, thread_port, list(md.symbols), md, self.log)
         return info
 
     # ---------------------------------------------------------------- feeds
     def on_run(self) -> None:
         md = self.cfg.market_data
-        if self.replay is not None:
+        from actors.feed_api import FeedHealth
+
+        syms = [i.symbol for i in self.instruments if i.kind != "option"]
+        self.health = FeedHealth(self.feed_name, syms, int(md.stale_after_s * 1e9), time.time_ns())
+        self.every(STATUS_EVERY_S, self._send_status)
+        self._send_status()
+        if self.feed_thread is not None:
+            self.feed_thread.start()
+            self.every(min(0.25, md.stale_after_s / 4), self._check_stale)
+        elif self.replay is not None:
             self._source = self.replay.batches(self.batch_n) if self.backtest else self.replay.messages()
             if self.session is not None:  # only in session, fseq renumbered (market_rules.InSession)
                 self.gate = market_rules.InSession(self.session)
@@ -146,6 +204,52 @@ class MarketData(Actor):
             h = self.history[bar.symbol] = deque(maxlen=HISTORY_MAX)
         h.append(bar)
 
+    def _emit(self, m: Bar | Tick | Quote) -> None:
+        """The one way a Bar, Tick or Quote leaves: numbered, on its topic, in the history."""
+        if isinstance(m, Bar):
+            self._publish_bar(m)
+        elif isinstance(m, Quote):
+            self.pub.send(m, topic=topic_for("md.quote", m.symbol))
+            self.published += 1
+        else:
+            self.pub.send(m, topic=topic_for("md.tick", m.symbol))
+            self.published += 1
+
+    # ------------------------------------------------------------ live feeds
+    def _on_feed(self, _port: Port, rcv: Received) -> None:
+        """A message from the feed thread: data is numbered and published, a status noted."""
+        m = rcv.msg
+        now = time.time_ns()
+        if isinstance(m, FeedStatus):
+            if m.state == "reconnecting" and self.health is not None and self.health.reconnecting(m.detail, now):
+                self._send_status()
+            return
+        if not isinstance(m, (Bar, Tick, Quote)):
+            return
+        self.fseq += 1
+        m.fseq = self.fseq
+        self._emit(m)
+        if self.recorder is not None:
+            self.recorder.write(m, now)
+        if self.health is not None and self.health.data(m.symbol, now):
+            self._log_health()
+            self._send_status()
+
+    def _check_stale(self) -> None:
+        if self.health is not None and self.health.check(time.time_ns()):
+            self._log_health()
+            self._send_status()
+
+    def _log_health(self) -> None:
+        h = self.health
+        assert h is not None
+        (self.log.info if h.state == "ok" else self.log.warning)(
+            "feed status", feed=h.feed, state=h.state, detail=h.detail, symbols=h.stale_symbols)
+
+    def _send_status(self) -> None:
+        if self.health is not None:
+            self.pub.send(self.health.status(), topic=TOPIC_STATUS)
+
     def _schedule_bar(self) -> None:
         # Timers run on the monotonic clock, bars end on the wall clock: wake just
         # after the wall-clock end of the bar being built (an early wake makes no bar).
@@ -161,21 +265,20 @@ class MarketData(Actor):
                 self.dropped += 1  # the path goes on; the market is closed
                 continue
             self.fseq += 1
-            self._publish_bar(Bar(symbol=sym, ts=ts, open=o, high=h, low=lo, close=c, volume=v, fseq=self.fseq))
+            self._emit(Bar(symbol=sym, ts=ts, open=o, high=h, low=lo, close=c, volume=v, fseq=self.fseq))
             last[sym], step_ts = c, ts
         if last and self.quoter:
             self._publish_options(last, step_ts)
         self._schedule_bar()
 
     def _publish_options(self, last: dict[str, float], ts: int) -> None:
-        """Each listed option's model Quote and Bar (market_rules.OptionQuoter): the Bar makes
-        option orders fill on today's bar-driven exchange; the Quote is what a quote-aware
-        exchange fills against (bid / ask)."""
+        """Each listed option's model Quote and Bar (market_rules.OptionQuoter): the exchange
+        fills on the Quote (bid / ask); the Bar is the option's price history."""
         for q, bar in self.quoter.quotes(last, ts):
             self.fseq += 1
             q.fseq = bar.fseq = self.fseq
-            self.pub.send(q, topic=topic_for("md.quote", q.symbol))
-            self._publish_bar(bar)
+            self._emit(q)
+            self._emit(bar)
 
     def _save_feed_state(self) -> None:
         if self._state_dirty and self.feed_state is not None:
@@ -184,6 +287,11 @@ class MarketData(Actor):
 
     def on_stop(self) -> None:
         self._save_feed_state()
+        if self.feed_thread is not None:
+            self.feed_thread.stop()
+        if self.recorder is not None:
+            self.recorder.close()
+            self.log.info("recording closed", path=self.recorder.path, rows=self.recorder.rows)
 
     def _work_batches(self) -> bool:
         """Backtest: publish one BarBatch if the consumers' credit allows."""
@@ -223,11 +331,7 @@ class MarketData(Actor):
                     self._pace.due = due
                     return False
             self.fseq = m.fseq
-            if isinstance(m, Bar):
-                self._publish_bar(m)
-            else:
-                self.pub.send(m, topic=topic_for("md.tick", m.symbol))
-                self.published += 1
+            self._emit(m)
         return True
 
     def _end_of_data(self) -> None:
@@ -281,6 +385,12 @@ class MarketData(Actor):
         if self.replay is not None:
             s["rows_read"] = self.replay.replay.rows_read
             s["rows_skipped"] = self.replay.skipped
+        if self.health is not None:
+            s["feed_state"] = self.health.state
+        if self.feed_thread is not None:
+            s.update(self.feed_thread.stats())
+        if self.recorder is not None:
+            s["recorded"] = self.recorder.rows
         return s
 
 

@@ -359,16 +359,16 @@ class Replay:
         for canon in CANON[self.kind]:
             col = self.colmap.get(canon)
             if col is None:
-                vals.append(np.zeros(n, dtype="int64"))
+                vals.append(np.zeros(n, dtype="float64"))
                 continue
             raw = df[col]
             empty = raw.isna().to_numpy()
             a = pd.to_numeric(raw, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
             fin = np.isfinite(a)
-            if canon in OPTIONAL:  # a missing count is 0; one that is there must be a count
-                good = fin & (a >= 0)
-                checks.append((col, ~empty & ~good, "is not a count (a number >= 0)"))
-                vals.append(np.where(good, a, 0).astype("int64"))
+            if canon in OPTIONAL:  # a missing volume/size is 0; one that is there must be a number >= 0
+                good = fin & (a >= 0)  # fractional: crypto volumes (0.00123 BTC) are kept as they are
+                checks.append((col, ~empty & ~good, "is not a volume (a number >= 0)"))
+                vals.append(np.where(good, a, 0.0))
                 continue
             checks += [(col, empty, "is empty"), (col, ~empty & ~fin, "is not a number"),
                        (col, fin & ~((a > 0) & (a < 1e12)), "is not a price (> 0 and < 1e12)")]

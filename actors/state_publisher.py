@@ -37,7 +37,7 @@ from bus.codec import ProtocolError
 from bus.faults import disk_error
 from bus.fileio import atomic_write
 from bus.messages import (
-    AccountUpdate, ActorEvent, Bar, BarBatch, Delta, EndOfData, Fill, InstrumentsReply, InstrumentsRequest,
+    AccountUpdate, ActorEvent, Bar, BarBatch, Delta, EndOfData, FeedStatus, Fill, InstrumentsReply, InstrumentsRequest,
     OrderUpdate, Query, QueryReply, Snapshot, SnapshotRequest, StateError, StateHeartbeat, Tick,
 )
 from bus.sockets import Port, Received, topic_for
@@ -140,7 +140,7 @@ class StatePublisher(Actor):
         msg = rcv.msg
         if isinstance(msg, (Bar, Tick, BarBatch)):
             self._changed(self.view.apply(msg, rcv.env.ts), coalesce=True)
-        elif isinstance(msg, EndOfData):
+        elif isinstance(msg, (EndOfData, FeedStatus)):
             self._changed(self.view.apply(msg, rcv.env.ts))
 
     def _on_events(self, _port: Port, rcv: Received) -> None:

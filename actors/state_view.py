@@ -51,14 +51,15 @@ from collections import deque
 from typing import Any, Iterable
 
 from bus.messages import (
-    AccountUpdate, ActorEvent, Bar, BarBatch, EndOfData, Fill, InstrumentsReply, OrderUpdate, QueryReply, Tick,
+    AccountUpdate, ActorEvent, Bar, BarBatch, EndOfData, FeedStatus, Fill, InstrumentsReply, OrderUpdate, QueryReply,
+    Tick,
 )
 
 YEAR_NS = 365.25 * 24 * 3600 * 1e9
 SAMPLE_MIN_NS = 60 * 10**9  # Sharpe samples: at most one per minute of market time
 OPEN_STATUSES = ("new", "partially-filled")
 KEYS = ("run_id", "publisher", "actors", "trading", "account", "positions", "orders", "trades", "performance",
-        "market", "instruments", "counters", "greeks", "session")
+        "market", "feed", "instruments", "counters", "greeks", "session")
 STRATEGY = "strategy"  # the actor whose state the trading summary includes
 
 
@@ -92,6 +93,9 @@ class StateView:
         self.md_updates = 0
         self.md_ts = 0
         self.eod = False
+        # the feed's health, as market-data last published it (FeedStatus on md.status)
+        self.feed: dict[str, Any] = {"known": False, "feed": "", "state": "unknown", "since_ns": 0,
+                                     "last_data_ns": 0, "detail": "", "symbols": []}
         # instrument master
         self.multipliers: dict[str, float] = {}
         self.instruments: dict[str, Any] = {"count": 0, "option_mappings": 0, "kinds": {}, "known": False}
@@ -155,6 +159,13 @@ class StateView:
             return changed
         if isinstance(msg, ActorEvent):
             return self._actor(msg, ts_ns)
+        if isinstance(msg, FeedStatus):
+            new = {"known": True, "feed": msg.feed, "state": msg.state, "since_ns": msg.since,
+                   "last_data_ns": msg.last_data, "detail": msg.detail, "symbols": list(msg.symbols)}
+            if new == self.feed:
+                return set()
+            self.feed = new
+            return {"feed"}
         if isinstance(msg, EndOfData):
             self._sample(self._step_ts)
             self.eod = True
@@ -395,6 +406,8 @@ class StateView:
         if key == "market":
             return {"symbols": len(self.prices), "last": dict(sorted(self.prices.items())),
                     "updates": self.md_updates, "ts": self.md_ts, "eod": self.eod}
+        if key == "feed":
+            return {**self.feed, "symbols": list(self.feed["symbols"])}
         if key == "instruments":
             return dict(self.instruments)
         if key == "counters":

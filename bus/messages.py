@@ -266,8 +266,8 @@ FEED_STATES: dict[str, str] = {
 
 
 class FeedStatus(_Base, **_tag("feed-status")):
-    """The live feed's health, on ``md.status``: on every change and every heartbeat of
-    market-data's own (so a late subscriber learns it). Replays are always ok."""
+    """The feed's health, on ``md.status``: on every change and every second (so a late
+    subscriber learns it within a second). Synthetic and replay feeds are always ok."""
 
     feed: ShortStr  # feed name (synthetic, replay, ccxt:binance, a plugin's name)
     state: Literal[tuple(FEED_STATES)]  # type: ignore[valid-type]

@@ -400,7 +400,26 @@ def open_port(
                 curve_server=bind and addr.startswith("tcp://"))
 
 
+def open_inproc(ctx: zmq.Context, name: str, channel: str, *, bind: bool, stamper: Stamper,
+                hwm: int = 100_000) -> Port:
+    """A PAIR socket on ``inproc://<name>`` carrying ``channel``'s messages between two
+    threads of one process (market-data's feed thread -> its poll loop). Bind before
+    connect; both ends share ``ctx``. At the high-water mark the sender blocks (the
+    feed thread waits; the actor loop never does)."""
+    s = ctx.socket(zmq.PAIR)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.SNDHWM, hwm)
+    s.setsockopt(zmq.RCVHWM, hwm)
+    addr = f"inproc://{name}"
+    try:
+        s.bind(addr) if bind else s.connect(addr)
+    except Exception:
+        s.close(linger=0)
+        raise
+    return Port(s, name, channel, stamper.fork(), "bind" if bind else "connect", zmq.PAIR, addr=addr)
+
+
 def topic_for(kind: str, symbol: str = "") -> bytes:
-    """Topic scheme: md.bar.<SYM>, md.tick.<SYM>, md.eod, exec.fill.<SYM>,
+    """Topic scheme: md.bar.<SYM>, md.tick.<SYM>, md.quote.<SYM>, md.status, md.eod, exec.fill.<SYM>,
     exec.order.<SYM>, acct.update, state.delta, state.hb, events.actor."""
     return f"{kind}.{symbol}".encode() if symbol else kind.encode()

@@ -101,8 +101,25 @@ class ActorCfg(_S):
 
 
 class MarketDataCfg(_S):
-    instruments: str = "synthetic"  # path to CSV/TOML, or "synthetic"
-    feed: Literal["synthetic", "replay"] = "synthetic"
+    instruments: str = "synthetic"  # path to CSV/TOML, or "synthetic" (live adapters: the venue's master)
+    # synthetic | replay | ccxt | package.module:Class (a feed adapter, actors/feed_api.py)
+    feed: str = "synthetic"
+    # live adapters (ccxt and plugins; docs/ARCHITECTURE.md "Feed adapters")
+    venue: str = ""  # ccxt: exchange id (binance, kraken, ...)
+    timeframe: str = "1m"  # ccxt: candle interval of md.bar
+    urls: dict[str, str] = {}  # ccxt: { rest = "http://...", ws = "ws://..." } overrides (testnet, fake venue)
+    params: dict[str, Any] = {}  # a plugin adapter's own settings (given to its constructor)
+    stale_after_s: PosFloat = 10.0  # no data this long: FeedStatus stale (the exchange fills nothing)
+    instruments_max_age_s: NonNegFloat = 86_400.0  # a cached master this young stands in for a failed download
+    reconnect_initial_s: PosFloat = 0.5  # first reconnect delay; doubles per failed attempt ...
+    reconnect_max_s: PosFloat = 30.0  # ... up to this
+    rate_limit_backoff_s: PosFloat = 10.0  # at least this long after HTTP 429/418 from the venue
+    reconnect_silent_s: PosFloat = 60.0  # a connection silent this long is re-made (half-open TCP never closes)
+    poll_s: PosFloat = 2.0  # REST polling period where the venue lacks a WebSocket method
+    request_timeout_s: PosFloat = 10.0  # one REST request to the venue
+    record: bool = False  # write what a live feed received (trades, quotes, bars) into the run dir
+    record_format: Literal["parquet", "csv"] = "parquet"
+    record_rows: Annotated[int, Meta(ge=100, le=1_000_000)] = 10_000  # rows per Parquet row group / CSV flush
     # synthetic feed
     symbols: list[str] = msgspec.field(default_factory=lambda: ["SYN1", "SYN2"])
     start_price: PosFloat = 100.0
@@ -113,7 +130,7 @@ class MarketDataCfg(_S):
     # replay feed
     path: str = ""
     format: Literal["auto", "csv", "parquet"] = "auto"
-    kind: Literal["bars", "ticks"] = "bars"
+    kind: Literal["bars", "ticks", "all"] = "bars"  # all: every message of a recording (quotes, trades, bars)
     symbol: str = ""
     timestamp_column: str = ""
     columns: dict[str, str] = {}
@@ -417,6 +434,7 @@ def validate(cfg: Config, where: str) -> None:
                     f"{where}: key bus.{k}: endpoints on tcp ({why}) need CurveZMQ keys: run "
                     f"`python scripts/ctl.py keygen` and set bus.curve_server_key, bus.curve_client_key "
                     f"and bus.curve_allowed_clients (docs/SECURITY.md)")
+    _validate_feed(cfg.market_data, where)
     if cfg.service.kernel == "inprocess":
         if cfg.service.mode != "backtest":
             raise ConfigError(f"{where}: key service.kernel: \"inprocess\" runs backtests only "
@@ -451,6 +469,33 @@ def validate(cfg: Config, where: str) -> None:
             raise ConfigError(f"{where}: key actors.{name}.flatten_on_disable: only applies with "
                               f"on_give_up = \"disable\"")
     _validate_placement(cfg, where)
+
+
+FEEDS = ("synthetic", "replay", "ccxt")
+_PLUGIN_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_]\w*$")
+
+
+def _validate_feed(md: MarketDataCfg, where: str) -> None:
+    if md.feed not in FEEDS and not _PLUGIN_RE.match(md.feed):
+        raise ConfigError(f"{where}: key market_data.feed: {md.feed!r} is not one of {', '.join(FEEDS)} "
+                          f"nor a 'package.module:Class' adapter")
+    if md.feed == "ccxt" and not md.venue:
+        raise ConfigError(f"{where}: key market_data.venue: required with feed = \"ccxt\" (a ccxt exchange id, "
+                          f"e.g. \"binance\")")
+    if md.feed not in ("synthetic", "replay") and md.instruments != "synthetic":
+        raise ConfigError(f"{where}: key market_data.instruments: the {md.feed} feed takes its symbol master from "
+                          f"the venue; leave instruments = \"synthetic\" (the default)")
+    bad = sorted(set(md.urls) - {"rest", "ws"})
+    if bad:
+        raise ConfigError(f"{where}: unknown key market_data.urls.{bad[0]} (known: rest, ws)")
+    if md.record and md.feed in ("synthetic", "replay"):
+        raise ConfigError(f"{where}: key market_data.record: records a live adapter's data (feed = \"ccxt\" or a "
+                          f"plugin), not the {md.feed} feed")
+    if md.reconnect_silent_s <= md.stale_after_s:
+        raise ConfigError(f"{where}: key market_data.reconnect_silent_s: must be > stale_after_s (a silent feed is "
+                          f"stale first, then reconnected)")
+    if md.reconnect_max_s < md.reconnect_initial_s:
+        raise ConfigError(f"{where}: key market_data.reconnect_max_s: must be >= reconnect_initial_s")
 
 
 def _validate_placement(cfg: Config, where: str) -> None:

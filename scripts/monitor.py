@@ -165,6 +165,24 @@ def render(state: dict[str, Any] | None, seq: int, stale: bool, age: float | Non
         parts.append(Text(f"stale: {error}; showing the last state received", style="red", no_wrap=True,
                           overflow="ellipsis"))
 
+    feed = state.get("feed") or {}
+    if feed.get("known"):
+        fl = Text("feed ", style="bold", no_wrap=True, overflow="ellipsis")
+        fl.append(f"{feed.get('feed', '?')}  ")
+        fs = feed.get("state", "unknown")
+        if fs == "ok":
+            fl.append("ok", style="bold green")
+        else:  # the exchange fills nothing on a stale feed: the operator must see it at once
+            fl.append(f" {fs.upper()} ", style="bold white on red")
+            fl.append(f" since {_when(feed.get('since_ns'))}")
+            if feed.get("symbols"):
+                fl.append(f"  {', '.join(feed['symbols'])}")
+            if feed.get("detail"):
+                fl.append(f"  {feed['detail']}", style="red")
+        if feed.get("last_data_ns"):
+            fl.append(f"  last data {_when(feed['last_data_ns'])}")
+        parts.append(fl)
+
     t = state.get("trading") or {}
     line = Text("trading ", style="bold", no_wrap=True, overflow="ellipsis")
     flags = trading_flags(state)

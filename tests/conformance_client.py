@@ -163,6 +163,8 @@ class Client:
         check(rep["type"] == "instruments-reply" and rep["instruments"], f"instruments: {rep!r:.200}")
         inst = rep["instruments"][0]
         sym, tick, lot = inst["symbol"], inst["tick_size"], inst["lot_size"]
+        if float(lot).is_integer():  # lot_size is a number (0.00001 BTC); a whole step goes out as a whole qty
+            lot = int(lot)
         rep = self.request(ref, {"type": "history-request", "symbol": "NO-SUCH"}, "history-request without n")
         check(rep["type"] == "md-error" and rep["code"] == "bad-request" and "`n`" in rep["text"],
               f"a history-request without its required n: {rep}")

@@ -130,7 +130,7 @@ def test_base_not_found_names_the_key_and_the_file(tmp_path):
         load(child)
     assert str(ei.value) == (f"{child}: key base: 'default.toml': file not found: {tmp_path / 'default.toml'} "
                              f"(a path is relative to {tmp_path}; built-in configs: 'backtest', 'default', "
-                             "'options-backtest', 'options-intraday', 'placement')")
+                             "'live-crypto', 'options-backtest', 'options-intraday', 'placement')")
 
 
 @pytest.mark.parametrize("name", ["default", "backtest"])

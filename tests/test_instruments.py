@@ -48,6 +48,7 @@ def test_synthetic_master():
     ("A,equity,0.01,1,1,USD,,,,\nGOOG,stock,0.01,1,1,USD,,,,\n", 3, "kind"),
     ("GOOG,equity,0.01,-1.5,1,USD,,,,\n", 2, "lot_size"),
     ("GOOG,equity,0.01,0.0000000001,1,USD,,,,\n", 2, "lot_size"),
+    ("GOOG,equity,0.01,0,1,USD,,,,\n", 2, "lot_size"),
     ("GOOG,equity,0.01,1,1\n", 2, "5 cells, header has 10"),
     (",equity,0.01,1,1,USD,,,,\n", 2, "missing symbol"),
     ("GOOG,equity,0.01,1,1,USD,,,,\nC1,option,0.01,1,100,USD,GOOG,,2025-01-17,C\n", 3, "needs strike"),
@@ -88,6 +89,6 @@ def test_toml_errors_name_file_and_entry(run_dir):
 def test_missing_and_unknown_type_files(run_dir):
     with pytest.raises(InstrumentError, match="instrument file not found: /nonexistent/x.csv"):
         load("/nonexistent/x.csv")
-    p = write(run_dir, "inst.json", "{}")
+    p = write(run_dir, "inst.xml", "{}")
     with pytest.raises(InstrumentError, match="unknown instrument file type"):
         load(p)

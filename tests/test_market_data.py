@@ -37,7 +37,7 @@ class MD:
         self.sub = None
         self.ref = None
 
-    def connect(self, topics=("md.",)):
+    def connect(self, topics=("md.bar.", "md.tick.", "md.eod")):  # md.status: tests of their own
         self.sub = open_port(self.sup.ctx, self.sup.endpoints, "md", bind=False, stamper=self.stamper,
                              subscribe=topics)
         self.ref = open_port(self.sup.ctx, self.sup.endpoints, "md.ref", bind=False, stamper=self.stamper)
@@ -515,3 +515,16 @@ def read_log_events(run_dir, process=NAME):
     import json
 
     return [json.loads(line) for line in read_log(run_dir, process).splitlines() if line.strip()]
+
+
+def test_feed_status_on_md_status_at_run_and_every_second(start_md, run_dir):
+    """A late subscriber learns the feed's health: FeedStatus is repeated every second."""
+    from bus.messages import FeedStatus
+    md = start_md(run_dir, ["market_data.rate_hz=5"])
+    md.sup.wait_msg(NAME, Ready, 15)
+    md.connect(topics=("md.status",))
+    md.sup.run(NAME)
+    first, second = md.recv(), md.recv(timeout=3)
+    assert isinstance(first, FeedStatus) and isinstance(second, FeedStatus)
+    assert (second.feed, second.state, second.since) == ("synthetic", "ok", first.since)
+    md.stop()

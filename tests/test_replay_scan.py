@@ -104,7 +104,7 @@ def test_bad_rows_are_counted_with_their_line_numbers(run_dir):
                       ("2024-01-03,10,9,11,10.5,100", "row 3, column 'high': 9 is below the row's low"),
                       ("2024-01-03,abc,12,9,11.5,1", "row 3, column 'open': 'abc' is not a number"),
                       ("yesterday,10,12,9,11.5,1", "row 3, column 'date': 'yesterday' is not a timestamp"),
-                      ("2024-01-03,10,12,9,11.5,many", "row 3, column 'volume': 'many' is not a count (a number >= 0)")]:
+                      ("2024-01-03,10,12,9,11.5,many", "row 3, column 'volume': 'many' is not a volume (a number >= 0)")]:
         err = refused(run_dir, HDR + "2024-01-02,10,11,9,10.5,100\n" + bad + "\n", on_bad_row="error")
         assert err == f'{path}: {want} (market_data.on_bad_row = "error")'
 
@@ -150,3 +150,21 @@ def test_the_sample_file_is_clean():
     cfg = config_mod.load(ROOT / "config/backtest.toml").market_data
     r = Replay(cfg, {"GOOG": Instrument(symbol="GOOG", kind="equity", tick_size=0.01)})
     assert (r.total, r.skipped, r.warnings) == (2148, 0, [])
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_fractional_volumes_and_sizes_are_kept(run_dir, fmt):
+    text = HDR + "2024-01-02,10,11,9,10.5,0.00123\n2024-01-03,10,11,9,10.5,1500.25\n2024-01-04,10,11,9,10.5,\n"
+    if fmt == "parquet":
+        import pandas as pd
+        csv_path = os.path.join(run_dir, "X.csv")
+        with open(csv_path, "w") as f:
+            f.write(text)
+        pd.read_csv(csv_path).to_parquet(os.path.join(run_dir, "X.parquet"))
+        args = ["market_data.feed=replay", f'market_data.path="{os.path.join(run_dir, "X.parquet")}"']
+        r = Replay(config_mod.load(None, args).market_data, INST)
+    else:
+        r, _ = replay(run_dir, text)
+    assert [row[-1] for row in rows_of(r)] == [0.00123, 1500.25, 0.0]
+    ticks, _ = replay(run_dir, "ts,price,size\n2024-01-02,10.5,0.25\n", name="T.csv", kind="ticks", symbol='"X"')
+    assert [row[-1] for row in rows_of(ticks)] == [0.25]

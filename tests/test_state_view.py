@@ -184,3 +184,16 @@ def test_sharpe_samples_at_most_once_a_minute_of_market_time():
     v.apply(m.EndOfData(feed="f", count=0))
     perf = v.value("performance")
     assert perf["samples"] == 4 and perf["sharpe"] is not None and abs(perf["sharpe"]) < 1e6
+
+
+def test_feed_status_is_the_feed_key():
+    from actors.state_view import StateView
+    from bus.messages import FeedStatus
+    v = StateView()
+    assert v.value("feed")["known"] is False and v.value("feed")["state"] == "unknown"
+    st = FeedStatus(feed="ccxt:binance", state="stale", since=5, last_data=4, detail="no data", symbols=["BTC/USDT"])
+    assert v.apply(st) == {"feed"}
+    assert v.value("feed") == {"known": True, "feed": "ccxt:binance", "state": "stale", "since_ns": 5,
+                               "last_data_ns": 4, "detail": "no data", "symbols": ["BTC/USDT"]}
+    assert v.apply(st) == set()  # the repeated status changes nothing: no delta
+    assert "feed" in v.snapshot()

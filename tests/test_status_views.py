@@ -157,3 +157,16 @@ def test_monitor_prints_fractional_quantities_whole_and_never_rounds_them_to_cen
     text = "\n".join(screen(v))
     assert re.search(r"^SYM1\s+0\.015\s", text, re.M) and re.search(r"^SYM2\s+1,200\s", text, re.M)
     assert " 0.123 " in text and " 0.005 " in text
+
+
+def test_monitor_shows_a_stale_feed_prominently_and_still_fits():
+    feed = {"known": True, "feed": "ccxt:binance", "state": "stale", "since_ns": NOW - 5 * 10**9,
+            "last_data_ns": NOW - 6 * 10**9, "detail": "no data from ETH/USDT for over 10 s", "symbols": ["ETH/USDT"]}
+    lines = screen({**view(npos=14), "feed": feed})
+    assert len(lines) <= 24 and max(len(x) for x in lines) <= 80, "\n".join(lines)
+    line = next(x for x in lines if x.startswith("feed "))
+    assert "ccxt:binance" in line and " STALE " in line and "ETH/USDT" in line
+    ok = next(x for x in screen({**view(), "feed": {**feed, "state": "ok", "detail": "", "symbols": []}})
+              if x.startswith("feed "))
+    assert "ok" in ok and "STALE" not in ok
+    assert not any(x.startswith("feed ") for x in screen(view()))  # no feed-status yet: no line

@@ -1,0 +1,1 @@
+"""Built-in feed adapters (the adapter API: actors/feed_api.py)."""
