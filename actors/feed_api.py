@@ -310,6 +310,17 @@ class FeedOut:
         self.bad_count = 0
         self.data_count = 0
         self.gaps: list[tuple[str, int, int]] = []  # (symbol, missing from, bar after) for the host to backfill
+        self.iv = interval_ns
+        self.floor_ns = 0  # stream candles that ended by then are not taken (see ``disconnected``)
+
+    def disconnected(self, now_ns: int) -> None:
+        """The connection dropped at ``now_ns``. The forming candles missed updates, so they
+        are forgotten; and a candle that ended by now can only come from the new connection
+        as a stale copy (ccxt keeps its candle cache across reconnects: the partial candle
+        of before the drop comes back), never as the venue's final one: such candles are
+        dropped, the backfill over REST gives the final ones."""
+        self.closer.reset()
+        self.floor_ns = now_ns
 
     def bad(self, why: str) -> None:
         self.bad_count += 1
@@ -357,6 +368,8 @@ class FeedOut:
         if cd is None:
             return
         self.data_count += 1
+        if self.iv and cd[0] + self.iv <= self.floor_ns:
+            return  # ended before the last disconnect: a stale copy (the backfill has the final one)
         closed = self.closer.update(symbol, cd)
         if closed is not None:
             self.closed_bar(symbol, closed)
@@ -460,7 +473,7 @@ class FeedThread:
             self.log.warning("feed disconnected; reconnecting", error=why[:500], wait_s=round(wait, 2),
                              reconnects=self.reconnects)
             self._status("reconnecting", why)
-            self.out.closer.reset()
+            self.out.disconnected(time.time_ns())
             try:
                 await self.adapter.close()
             except Exception:

@@ -71,6 +71,21 @@ def test_feed_out_gap_is_left_for_the_backfill_and_bad_values_are_counted():
                          Quote(symbol="X", ts=8, bid=1.0, ask=1.1, bid_size=0.5, ask_size=0.0)]
 
 
+def test_a_stale_cached_candle_after_a_reconnect_is_never_published_as_closed():
+    """ccxt keeps its candle cache across a reconnect: the partial candle of before the
+    drop comes back with the new connection's first update. It must not be closed and
+    published (it lacks its last trades); the backfill gives the venue's final one."""
+    sent = []
+    out = FeedOut({"X"}, sent.append, S, Log())
+    out.candle("X", 0, 1.0, 1.0, 1.0, 1.0, 1.0)
+    out.candle("X", S, 1.0, 1.0, 1.0, 1.0, 0.5)  # closes 0; 1s forming, partial
+    out.disconnected(int(2.5 * S))  # dropped while 2s was forming
+    out.candle("X", S, 1.0, 1.0, 1.0, 1.0, 0.5)  # the stale cached copy of 1s
+    out.candle("X", 3 * S, 2.0, 2.0, 2.0, 2.0, 0.1)  # the new connection: 3s forming
+    out.candle("X", 4 * S, 2.0, 2.0, 2.0, 2.0, 0.1)  # closes 3s: 1s and 2s are left to the backfill
+    assert [b.ts for b in sent] == [0] and out.gaps == [("X", S, 3 * S)]
+
+
 def test_feed_health_stale_reconnecting_and_recovery():
     h = FeedHealth("f", ["A", "B"], 2 * S, 0)
     assert h.state == "ok" and not h.check(S)
