@@ -171,11 +171,14 @@ def _flood_and_drain(p, fd, run_dir):
     s.connect(json.load(open(os.path.join(run_dir, "endpoints.json")))["control"])
     st = Stamper("test", "")
     try:
-        # Every request logs a line: ~80 bytes each, far more than the pipe holds.
+        # Every request but status (a dashboard asks it every second: logged at debug) logs a
+        # line at info: ~80 bytes each, far more than the pipe holds. An unknown command is
+        # answered (refused) and changes nothing.
         for i in range(300):
-            s.send(st.encode("control", CtlRequest(id=str(i), cmd="status")))
+            s.send(st.encode("control", CtlRequest(id=str(i), cmd="no-such-command")))
             assert s.poll(5000), f"supervisor stopped answering at request {i} (blocked on its console?)"
-            assert codec("control").decode(s.recv()).msg.ok
+            r = codec("control").decode(s.recv()).msg
+            assert not r.ok and "no-such-command" in r.error
     finally:
         s.close()
         ctx.term()
@@ -191,12 +194,32 @@ def _flood_and_drain(p, fd, run_dir):
     first = seen.decode().split("\n")
     assert first[-1] == "" and all(PLAIN.match(ln) for ln in first[:-1]), first[-3:]
     assert "supervisor: supervisor started" in first[0]
-    status(run_dir)  # one more line, now that the pipe has room: it tells what was dropped
+    _refused_request(run_dir)  # one more line, now that the pipe has room: it tells what was dropped
     note = wait_for(lambda: _read_some(fd), 5, "a line after the drain").decode()
     assert re.match(rf"^\[\d+ log lines not shown: stderr was not being read \(all are in "
                     rf"{re.escape(run_dir)}/logs/supervisor.jsonl\)\]\n", note), note
     p.send_signal(2)
     assert p.wait(10) == 0
+
+
+def _refused_request(run_dir):
+    """One ctl request that logs a line at info (an unknown command: refused, changes nothing)."""
+    import json
+
+    from bus.codec import Stamper, codec
+    from bus.messages import CtlRequest
+
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(json.load(open(os.path.join(run_dir, "endpoints.json")))["control"])
+    try:
+        s.send(Stamper("test", "").encode("control", CtlRequest(id="x", cmd="no-such-command")))
+        assert s.poll(5000), "no reply from the supervisor"
+        assert not codec("control").decode(s.recv()).msg.ok
+    finally:
+        s.close()
+        ctx.term()
 
 
 def _read_some(fd):
