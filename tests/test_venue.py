@@ -52,7 +52,7 @@ def wait_md(run_dir, pred, timeout, what):
 def recorded(run_dir, typ="bar"):
     """The recording so far, rows of one type (the recorder flushes every record_rows rows and at stop)."""
     with open(os.path.join(run_dir, "recording.csv"), newline="") as f:
-        return [r for r in csv.DictReader(f) if r["type"] == typ]
+        return [r for r in csv.DictReader(f) if r.get("type") == typ]
 
 
 def view(run_dir, *keys):
@@ -128,7 +128,8 @@ def test_disconnect_reconnect_no_duplicate_no_missing_bar(procs, run_dir, venue)
 
 
 def _recorded_now(run_dir):
-    # The recorder flushes every 100 rows: the file grows while the run goes on.
+    # The recorder flushes every 100 rows: the file grows while the run goes on (it can be
+    # empty, or end in a partial row: rows without a type are not counted).
     try:
         return recorded(run_dir)
     except FileNotFoundError:
