@@ -311,16 +311,19 @@ class FeedOut:
         self.data_count = 0
         self.gaps: list[tuple[str, int, int]] = []  # (symbol, missing from, bar after) for the host to backfill
         self.iv = interval_ns
-        self.floor_ns = 0  # stream candles that ended by then are not taken (see ``disconnected``)
+        self.floor_ns = 0  # stream candles that start before it are not taken (see ``reconnecting``)
 
-    def disconnected(self, now_ns: int) -> None:
-        """The connection dropped at ``now_ns``. The forming candles missed updates, so they
-        are forgotten; and a candle that ended by now can only come from the new connection
-        as a stale copy (ccxt keeps its candle cache across reconnects: the partial candle
-        of before the drop comes back), never as the venue's final one: such candles are
-        dropped, the backfill over REST gives the final ones."""
+    def reconnecting(self, now_ns: int) -> None:
+        """A new connection starts at ``now_ns`` after a drop. The forming candles missed
+        updates, so they are forgotten; and no candle that started before the first
+        interval boundary after ``now_ns`` is taken from the stream: ccxt keeps its candle
+        cache across reconnects, so the partial copy of a candle from before the drop
+        comes back, and the candle forming now may get no update on the new connection
+        before it ends. Those candles come from the venue over REST instead: the
+        reconnect backfill, or the gap the first stream candle leaves."""
         self.closer.reset()
-        self.floor_ns = now_ns
+        if self.iv:
+            self.floor_ns = (now_ns // self.iv + 1) * self.iv
 
     def bad(self, why: str) -> None:
         self.bad_count += 1
@@ -368,8 +371,8 @@ class FeedOut:
         if cd is None:
             return
         self.data_count += 1
-        if self.iv and cd[0] + self.iv <= self.floor_ns:
-            return  # ended before the last disconnect: a stale copy (the backfill has the final one)
+        if cd[0] < self.floor_ns:
+            return  # started before the reconnect's first boundary: REST gives the final one
         closed = self.closer.update(symbol, cd)
         if closed is not None:
             self.closed_bar(symbol, closed)
@@ -454,6 +457,8 @@ class FeedThread:
         while not self._stopping:
             seen = self.out.data_count
             t_start = time.monotonic()
+            if not first:
+                self.out.reconnecting(time.time_ns())
             try:
                 await self._stream_with_gaps(backfill=not first)
                 err: BaseException | None = None
@@ -473,7 +478,7 @@ class FeedThread:
             self.log.warning("feed disconnected; reconnecting", error=why[:500], wait_s=round(wait, 2),
                              reconnects=self.reconnects)
             self._status("reconnecting", why)
-            self.out.disconnected(time.time_ns())
+            self.out.closer.reset()
             try:
                 await self.adapter.close()
             except Exception:
@@ -552,8 +557,10 @@ class FeedThread:
             if not closed:
                 # Still forming: the stream's updates go on from here (the closer holds it). The
                 # stream's own update of the same candle wins: the REST answer may be older than it.
+                # A candle begun before the reconnect's first boundary gets no stream update
+                # (FeedOut.reconnecting): it is left to the gap the next stream candle leaves.
                 cur = self.out.closer.forming.get(symbol)
-                if cur is None or cur[0] < cd[0]:
+                if cd[0] >= self.out.floor_ns and (cur is None or cur[0] < cd[0]):
                     self.out.closer.forming[symbol] = cd
                 continue
             if seq.last.get(symbol) is not None and cd[0] <= seq.last[symbol]:

@@ -71,19 +71,22 @@ def test_feed_out_gap_is_left_for_the_backfill_and_bad_values_are_counted():
                          Quote(symbol="X", ts=8, bid=1.0, ask=1.1, bid_size=0.5, ask_size=0.0)]
 
 
-def test_a_stale_cached_candle_after_a_reconnect_is_never_published_as_closed():
+def test_after_a_reconnect_candles_from_before_it_come_only_by_rest():
     """ccxt keeps its candle cache across a reconnect: the partial candle of before the
-    drop comes back with the new connection's first update. It must not be closed and
-    published (it lacks its last trades); the backfill gives the venue's final one."""
+    drop comes back with the new connection. It must not be closed and published (it
+    lacks its last trades), nor may the candle forming at the reconnect (it may get no
+    update on the new connection): both are left to REST, as a gap."""
     sent = []
     out = FeedOut({"X"}, sent.append, S, Log())
     out.candle("X", 0, 1.0, 1.0, 1.0, 1.0, 1.0)
     out.candle("X", S, 1.0, 1.0, 1.0, 1.0, 0.5)  # closes 0; 1s forming, partial
-    out.disconnected(int(2.5 * S))  # dropped while 2s was forming
+    # dropped at 1.7s; the new connection starts at 3.4s (3s forming)
+    out.reconnecting(int(3.4 * S))
     out.candle("X", S, 1.0, 1.0, 1.0, 1.0, 0.5)  # the stale cached copy of 1s
-    out.candle("X", 3 * S, 2.0, 2.0, 2.0, 2.0, 0.1)  # the new connection: 3s forming
-    out.candle("X", 4 * S, 2.0, 2.0, 2.0, 2.0, 0.1)  # closes 3s: 1s and 2s are left to the backfill
-    assert [b.ts for b in sent] == [0] and out.gaps == [("X", S, 3 * S)]
+    out.candle("X", 3 * S, 2.0, 2.0, 2.0, 2.0, 0.1)  # 3s, begun before the new connection
+    out.candle("X", 4 * S, 2.0, 2.0, 2.0, 2.0, 0.1)  # the first the stream gives whole
+    out.candle("X", 5 * S, 2.0, 2.0, 2.0, 2.0, 0.1)  # closes 4s: 1s to 3s are left to REST
+    assert [b.ts for b in sent] == [0] and out.gaps == [("X", S, 4 * S)]
 
 
 def test_feed_health_stale_reconnecting_and_recovery():
