@@ -644,14 +644,20 @@ class ExchangeCore:
                 elif o.tif == "IOC":
                     ioc_missed.append(o)
             self._close_orders(ioc_missed, "cancelled", "ioc not filled on the next market data")
-        mid = (bid + ask) / 2.0
-        self.last_px[sym] = mid
+        self._marked(sym, ts, (bid + ask) / 2.0)
+
+    def _marked(self, sym: str, ts: int, px: float) -> None:
+        """After a price event's orders: the last price, the mark (the margin checked when a
+        position's value changed) and, in a backtest, the equity curve's point."""
+        self.last_px[sym] = px
         self.last_ts[sym] = ts
-        if self.acct.mark(sym, mid):
+        if self.acct.mark(sym, px):
             self.marks_dirty = True
             if self.mm:
                 self._check_margin(ts)
         if self.series is not None:
+            # equity = cash + each position's qty * mark * multiplier, summed in the
+            # account's order (Account.equity, without its per-bar call overhead)
             mv = 0
             for p in self._held:
                 mv += p.qty * p.mark * p.multiplier
@@ -784,19 +790,7 @@ class ExchangeCore:
                     ioc_missed.append(o)
             self._close_orders(ioc_missed, "cancelled", "ioc not filled on the next market data")
         self.n_prices += 1
-        self.last_px[sym] = cl
-        self.last_ts[sym] = ts
-        if self.acct.mark(sym, cl):
-            self.marks_dirty = True
-            if self.mm:
-                self._check_margin(ts)
-        if self.series is not None:
-            # equity = cash + each position's qty * mark * multiplier, summed in the
-            # account's order (Account.equity, without its per-bar call overhead)
-            mv = 0
-            for p in self._held:
-                mv += p.qty * p.mark * p.multiplier
-            self.series.record(ts, self.acct.cash + mv, self._units)
+        self._marked(sym, ts, cl)
 
     def _expire_days(self, ids: list[int], ts: int) -> None:
         """Expire the DAY orders of an earlier UTC day than ``ts`` (first: a DAY order must not

@@ -385,7 +385,6 @@ def live_latency(n_bars: int, rate_hz: float) -> dict:
     import zmq
 
     from bus.codec import codec
-    from bus.sockets import Endpoints
 
     run_dir = tempfile.mkdtemp(prefix="pbl-", dir="/tmp")
     sets = ['market_data.symbols=["LAT"]', f"market_data.rate_hz={rate_hz}",
@@ -395,13 +394,7 @@ def live_latency(n_bars: int, rate_hz: float) -> dict:
     ctx = zmq.Context()
     try:
         _wait(lambda: _all_running(run_dir), 30, "all running")
-        eps = Endpoints.from_run_dir(run_dir)
-        sub = ctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
-        for t in (b"md.bar.", b"exec.fill."):
-            sub.setsockopt(zmq.SUBSCRIBE, t)
-        sub.connect(eps["md"])
-        sub.connect(eps["exec"])
+        sub = testkit.bars_and_fills(ctx, run_dir)
         last_bar_ts = None
         lat: list[float] = []
         deadline = time.monotonic() + n_bars / rate_hz * 3 + 20

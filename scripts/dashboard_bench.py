@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import statistics
 import sys
 import tempfile
 import threading
@@ -48,16 +46,9 @@ def trading(run_dir: str, seconds: float) -> dict:
     import zmq
 
     from bus.codec import codec
-    from bus.sockets import Endpoints
 
-    eps = Endpoints.from_run_dir(run_dir)
     ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    for t in (b"md.bar.", b"exec.fill."):
-        sub.setsockopt(zmq.SUBSCRIBE, t)
-    sub.connect(eps["md"])
-    sub.connect(eps["exec"])
+    sub = tk.bars_and_fills(ctx, run_dir)
     try:
         end_warm = time.monotonic() + 1.0  # the subscription settles
         while time.monotonic() < end_warm:

@@ -227,6 +227,23 @@ def run_backtest(run_dir: str, sets: list[str] | tuple[str, ...] = (), config: s
     return p.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
 
+def bars_and_fills(ctx: Any, run_dir: str) -> Any:
+    """A SUB socket on the run's md.bar.* and exec.fill.* streams (what a latency or
+    throughput measurement counts); the caller closes it."""
+    import zmq
+
+    from bus.sockets import Endpoints
+
+    eps = Endpoints.from_run_dir(run_dir)
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    for t in (b"md.bar.", b"exec.fill."):
+        sub.setsockopt(zmq.SUBSCRIBE, t)
+    sub.connect(eps["md"])
+    sub.connect(eps["exec"])
+    return sub
+
+
 def status(run_dir: str, timeout: float = 2.0) -> dict | None:
     """The supervisor's ``ctl status`` data, or None when it does not answer (yet) in time."""
     if not os.path.exists(os.path.join(run_dir, "endpoints.json")):

@@ -29,6 +29,17 @@ ROOT = Path(__file__).resolve().parent.parent
 TAG_ENV = "PAPERBUS_TEST_TAG"
 
 
+class Log:
+    """A logger that keeps what it is told, ``(level, event, fields)`` in ``lines``: the
+    cores take any object of structlog's shape (a method per level), so tests hand them this."""
+
+    def __init__(self):
+        self.lines = []
+
+    def __getattr__(self, level):
+        return lambda event, **kw: self.lines.append((level, event, kw))
+
+
 class Procs:
     """Spawns tagged processes and guarantees none survive the test."""
 

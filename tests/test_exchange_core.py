@@ -14,6 +14,7 @@ from actors.ledger import Ledger
 from bus.messages import (
     AccountUpdate, Bar, CancelReply, EndOfData, Fill, Instrument, OrderAck, OrderReject, OrderUpdate, SubmitOrder, Tick,
 )
+from tests.harness import Log
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -25,14 +26,6 @@ INSTRUMENTS = [
 T0 = 1_700_000_000 * 10**9  # a market timestamp (2023-11-14 UTC)
 MIN = 60 * 10**9
 DAY = 86_400 * 10**9
-
-
-class Log:
-    def __init__(self):
-        self.lines = []
-
-    def __getattr__(self, level):
-        return lambda event, **kw: self.lines.append((level, event, kw))
 
 
 class Books:

@@ -16,17 +16,10 @@ from actors.feed_api import (
 from actors.adapters.ccxt_feed import market_to_instrument
 from actors.recorder import Recorder, RecordingReplay, is_recording
 from bus.messages import Bar, Instrument, Quote, Tick
+from tests.harness import Log
 
 pytestmark = pytest.mark.timeout(60)
 S = 1_000_000_000
-
-
-class Log:
-    def __init__(self):
-        self.lines = []
-
-    def __getattr__(self, level):
-        return lambda event, **kw: self.lines.append((level, event, kw))
 
 
 def test_candle_closer_closes_on_the_next_start_and_ignores_late_updates():

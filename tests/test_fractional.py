@@ -23,6 +23,7 @@ from actors.ledger import Ledger
 from actors.strategies.base import Context
 from bus.messages import Bar, Fill, Instrument, OrderAck, OrderReject, SubmitOrder
 from bus.quantity import fmt, from_atoms, to_atoms
+from tests.harness import Log
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -33,14 +34,6 @@ PERP = Instrument(symbol="ETH-PERP", kind="perpetual", tick_size=0.1, lot_size=0
                   min_notional=100.0)
 INSTRUMENTS = [BTC, EQ, PERP]
 T0 = 1_700_000_000 * 10**9
-
-
-class Log:
-    def __init__(self):
-        self.lines = []
-
-    def __getattr__(self, level):
-        return lambda event, **kw: self.lines.append((level, event, kw))
 
 
 def make_core(d, events=None, **exchange):

@@ -18,6 +18,7 @@ from actors.sessions import SessionCalendar
 from actors.strategies.base import Strategy
 from actors.strategy_host import StrategyHost
 from bus.messages import Bar, EndOfData, Fill, Instrument, OrderAck, OrderReject, OrderUpdate, SubmitOrder
+from tests.harness import Log
 
 pytestmark = pytest.mark.timeout(60)
 UTC = dt.timezone.utc
@@ -45,14 +46,6 @@ def cfg_with(**session):
     sets += [f"session.{k}={str(v).lower() if isinstance(v, bool) else repr(v)}".replace("'", '"')
              for k, v in session.items()]
     return config_mod.load(None, sets)
-
-
-class Log:
-    def __init__(self):
-        self.lines = []
-
-    def __getattr__(self, level):
-        return lambda event, **kw: self.lines.append((level, event, kw))
 
 
 class Books:

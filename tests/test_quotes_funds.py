@@ -17,6 +17,7 @@ from bus.messages import (
     AccountUpdate, Bar, FeedStatus, Fill, Instrument, OrderAck, OrderReject, OrderUpdate, Quote, SubmitOrder,
 )
 from scripts import testkit
+from tests.harness import Log
 from tests.test_kernels import gen_sets
 
 pytestmark = pytest.mark.timeout(120)
@@ -27,14 +28,6 @@ INSTRUMENTS = [
     Instrument(symbol="ES", kind="future", tick_size=0.25, multiplier=50.0),
 ]
 T0 = 1_700_000_000 * 10**9
-
-
-class Log:
-    def __init__(self):
-        self.lines = []
-
-    def __getattr__(self, level):
-        return lambda event, **kw: self.lines.append((level, event, kw))
 
 
 class Books:

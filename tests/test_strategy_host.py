@@ -12,6 +12,7 @@ from bus.messages import (
     PositionInfo, QueryReply, Quote, SubmitOrder,
 )
 from actors.strategies.base import Strategy
+from tests.harness import Log
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -20,14 +21,6 @@ MSFT = Instrument(symbol="MSFT", kind="equity", tick_size=0.01)
 # SmaCross(2, 3) on these closes crosses up at bar 7, down at 10, up at 12, down at 14
 # (hand-checked in tests/test_strategy.py).
 CLOSES = [10, 10, 10, 9, 8, 9, 11, 12, 10, 8, 7, 12, 6, 3, 20]
-
-
-class Log:
-    def __init__(self):
-        self.lines = []
-
-    def __getattr__(self, level):
-        return lambda event, **kw: self.lines.append((level, event, kw))
 
 
 def bar(i, close, symbol="GOOG"):
