@@ -279,9 +279,16 @@ class Runner:
         grid = sp.grid_size() if sp.sampler == "grid" else math.inf
         pending: dict[Any, tuple[int, int]] = {}  # future -> (trial number, trial id)
         # Asked but never told (the sweep was killed): run again, under their own numbers.
+        study.get_trials(deepcopy=False)  # this study's storage cache must know them (Trial below)
         for t in existing:
             if t.state == TS.RUNNING:
-                pending[self.submit(name, t.number, t.params, window)] = (t.number, t._trial_id)
+                trial = optuna.Trial(study, t._trial_id)
+                # Killed inside ask() the storage has some of its params, not all: finish asking
+                # as ask() does (the sampler draws the rest; a grid point is kept).
+                params = {n: trial._suggest(n, d) for n, d in dists.items()}
+                if self.refused(study, trial, params):  # killed before its refusal was told
+                    continue
+                pending[self.submit(name, t.number, params, window)] = (t.number, t._trial_id)
 
         def finished() -> int:
             return sum(1 for t in study.get_trials(deepcopy=False, states=(TS.COMPLETE, TS.FAIL)))
@@ -294,10 +301,7 @@ class Runner:
             while len(pending) < limit and ran + len(pending) < sp.trials and asked < grid:
                 trial = study.ask(dists)
                 asked += 1
-                if not sp.feasible(trial.params):
-                    # Not run: the constraints refuse it (a grid's point is used up; a sampler draws again).
-                    trial.set_user_attr("error", "refused by the constraints")
-                    study.tell(trial, state=TS.PRUNED)
+                if self.refused(study, trial, trial.params):
                     infeasible += 1
                     if infeasible >= INFEASIBLE_LIMIT:
                         raise InputError(f"{sp.path}: key search.constraints: {INFEASIBLE_LIMIT} points in a row "
@@ -317,6 +321,15 @@ class Runner:
                 if self.progress is not None:
                     self.progress.update(time.monotonic(), self.done, self.total)
         return study
+
+    def refused(self, study: Any, trial: Any, params: dict[str, Any]) -> bool:
+        """Not run when the constraints refuse its point (told PRUNED: a grid's point is used
+        up; a sampler draws again)."""
+        if self.space.feasible(params):
+            return False
+        trial.set_user_attr("error", "refused by the constraints")
+        study.tell(trial, state=self.optuna.trial.TrialState.PRUNED)
+        return True
 
     def tell(self, study: Any, number: int, trial_id: int, fut: Any) -> None:
         """A trial's result into the study: its figures first, then the state and value in

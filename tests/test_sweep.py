@@ -327,3 +327,38 @@ def test_walk_forward_reports_each_folds_out_of_sample_result(procs, data_dir):
         assert fold["out_of_sample"] == oos["sharpe"]
         assert os.path.exists(os.path.join(out, "folds", fold["fold"], "report.png"))
     assert b"out-of-sample mean" in stdout
+
+
+@pytest.mark.timeout(120)
+def test_a_sweep_killed_inside_ask_resumes_with_every_grid_point_once(procs, data_dir):
+    """Killed between two params of one ask (the storage has 'fast', not 'slow'): the
+    resumed sweep finishes asking that trial and runs it; no grid point lost or run twice."""
+    data = write_bars(os.path.join(data_dir, "bars.csv"), 2000)
+    space = space_file(data_dir)
+    out = os.path.join(data_dir, "out")
+    args = sweep_args(space, out, data, "--workers", "1")
+    p = procs.spawn(args, env=sweep_env(data_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, err = p.communicate(timeout=100)
+    assert p.returncode == 0, err.decode()[-3000:]
+    import optuna
+
+    storage = f"sqlite:///{os.path.join(out, 'study.sqlite')}"
+    study = optuna.load_study(study_name="sweep", storage=storage)
+    keep = [t for t in study.get_trials(deepcopy=False) if t.number >= 17]
+    # Rewind: the last trials as if never run, one of them asked with only its first param.
+    db = sqlite3.connect(os.path.join(out, "study.sqlite"))
+    try:
+        ids = [t._trial_id for t in keep]
+        marks = ",".join("?" * len(ids))
+        db.execute(f"UPDATE trials SET state = 'RUNNING', datetime_complete = NULL WHERE trial_id IN ({marks})", ids)
+        db.execute(f"DELETE FROM trial_values WHERE trial_id IN ({marks})", ids)
+        pid = db.execute("SELECT param_id FROM trial_params p JOIN trials t USING (trial_id) WHERE t.number = 17 "
+                         "AND p.param_name = 'slow'").fetchone()[0]
+        db.execute("DELETE FROM trial_params WHERE param_id = ?", (pid,))
+        db.commit()
+    finally:
+        db.close()
+    p = procs.spawn(args, env=sweep_env(data_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, err = p.communicate(timeout=100)
+    assert p.returncode == 0, err.decode()[-3000:]
+    check_complete_unique(table(out))
