@@ -25,6 +25,10 @@ compile: $(STAMP)
 run: compile
 	$(PY) supervisor.py $(ARGS)
 
+# Every core (pytest-xdist): the tests spend most of their time waiting on real
+# processes. PYTEST_ARGS="-n 0" runs them one at a time.
+PYTEST_ARGS ?= -n auto
+
 test: compile
 	$(PY) -m pytest $(PYTEST_ARGS)
 
