@@ -22,6 +22,8 @@ def run_dir():
     os.chmod(d, 0o700)
     yield d
     shutil.rmtree(d, ignore_errors=True)
+    # The dashboard's backtests go beside the run dir by default (scripts/dashboard.py).
+    shutil.rmtree(d + "-backtest", ignore_errors=True)
 
 
 @pytest.fixture
