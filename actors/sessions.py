@@ -120,7 +120,7 @@ class SessionCalendar:
             import exchange_calendars as xcals
         except ImportError:
             raise SessionError(f"session.calendar = {name!r} needs the exchange_calendars package "
-                               "(pip install exchange_calendars), or use session.holidays / holiday_file") from None
+                               "(pip install 'paperbus[calendars]'), or use session.holidays / holiday_file") from None
         try:
             cal = xcals.get_calendar(name)
         except Exception as e:  # InvalidCalendarName and friends

@@ -69,7 +69,12 @@ def market_to_instrument(m: dict[str, Any], mode: int) -> Instrument:
 class CcxtFeed(FeedAdapter):
     def __init__(self, md: Any, params: dict[str, Any]):
         super().__init__(md, params)
-        import ccxt
+        try:
+            import ccxt
+        except ImportError:
+            from actors.base import UserError
+            raise UserError("market_data.feed = \"ccxt\" needs the ccxt package, which is not installed "
+                            "(pip install 'paperbus[live]')") from None
 
         if not md.venue:
             raise ValueError("market_data.venue is required with feed = \"ccxt\" (a ccxt exchange id, e.g. binance)")
