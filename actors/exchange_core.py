@@ -415,9 +415,12 @@ class ExchangeCore:
             return 0.0
         return from_atoms(grow) * ref * mult * self.im + self._commission(q, ref, mult)
 
+    def _positions_value(self) -> float:
+        """Sum of |qty| * mark * multiplier of the open positions (the margins' base)."""
+        return sum(abs(p.qty) * p.mark * p.multiplier for p in self.acct.positions.values() if p.units)
+
     def _margin_used(self) -> float:
-        im = self.im
-        return sum(abs(p.qty) * p.mark * p.multiplier * im for p in self.acct.positions.values() if p.units)
+        return self._positions_value() * self.im
 
     def buying_power(self) -> float:
         """Cash: cash less what open buys hold. Margin: equity less the positions' initial
@@ -561,7 +564,7 @@ class ExchangeCore:
         every open order and close each position with a market order through the normal
         fills (the next fresh data, as any market order); the ledger records why."""
         a = self.acct
-        maint = sum(abs(p.qty) * p.mark * p.multiplier for p in a.positions.values() if p.units) * self.mm
+        maint = self._positions_value() * self.mm
         why = (f"equity {a.equity:.2f} below the maintenance margin {maint:.2f} "
                f"({self.mm:g} of the positions' value)")
         self.log.warning("liquidation", reason=why)
@@ -584,12 +587,8 @@ class ExchangeCore:
         """Liquidate when equity is below the maintenance margin (margin accounts, once per breach)."""
         if self.liquidating or self.cash_account or not self.mm:
             return
-        a = self.acct
-        value = 0.0
-        for p in self._held if self.series is not None else a.positions.values():
-            if p.units:
-                value += abs(p.qty) * p.mark * p.multiplier
-        if value and a.equity < value * self.mm:
+        value = self._positions_value()
+        if value and self.acct.equity < value * self.mm:
             self._liquidate(ts)
 
     def query(self, what: str = "all") -> QueryReply:
@@ -656,12 +655,15 @@ class ExchangeCore:
             if self.mm:
                 self._check_margin(ts)
         if self.series is not None:
-            # equity = cash + each position's qty * mark * multiplier, summed in the
-            # account's order (Account.equity, without its per-bar call overhead)
-            mv = 0
-            for p in self._held:
-                mv += p.qty * p.mark * p.multiplier
-            self.series.record(ts, self.acct.cash + mv, self._units)
+            self._equity_point(ts)
+
+    def _equity_point(self, ts: int) -> None:
+        """The backtest equity curve's row at ``ts``: cash + each position's qty * mark *
+        multiplier, summed in the account's order (Account.equity, without its call overhead)."""
+        mv = 0
+        for p in self._held:
+            mv += p.qty * p.mark * p.multiplier
+        self.series.record(ts, self.acct.cash + mv, self._units)
 
     def _match_quote(self, o: OrderInfo, bid: float, ask: float) -> float | None:
         t = o.order_type
@@ -764,10 +766,7 @@ class ExchangeCore:
             # the market traded, not where we could trade now.
             self.n_prices += 1
             if self.series is not None:  # still a row of the curve, at the quotes' marks
-                mv = 0
-                for p in self._held:
-                    mv += p.qty * p.mark * p.multiplier
-                self.series.record(ts, self.acct.cash + mv, self._units)
+                self._equity_point(ts)
             return
         ids = self.book.get(sym)
         if self.feed_stale and self._stale(sym):
