@@ -205,7 +205,8 @@ class MarketData(Actor):
         h.append(bar)
 
     def _emit(self, m: Bar | Tick | Quote) -> None:
-        """The one way a Bar, Tick or Quote leaves: numbered, on its topic, in the history."""
+        """The one way a Bar, Tick or Quote leaves, on its topic (a Bar also into the history);
+        the caller has numbered it (``fseq``: a synthetic step's option quote and bar share one)."""
         if isinstance(m, Bar):
             self._publish_bar(m)
         elif isinstance(m, Quote):
