@@ -170,3 +170,17 @@ def test_session_and_options_tables():
         load(None, ["session.nope=1"])
     with pytest.raises(ConfigError, match="options.strikes"):
         load(None, ["options.strikes=-1"])
+
+
+def test_the_live_crypto_config_is_a_long_only_cash_account_in_fractions_of_a_coin():
+    """config/live-crypto.toml is spot: a cash account (no short sales) and a long-only SmaCross
+    of 0.01 coin (SmaCross takes fractional sizes; the step is checked at each order)."""
+    import config as config_mod
+    from actors.strategies.sma_cross import SmaCross
+
+    cfg = config_mod.load("config/live-crypto.toml")
+    assert cfg.exchange.account == "cash"
+    s = SmaCross(**cfg.strategy.params)
+    assert s.qty == 0.01 and s.long_only
+    with pytest.raises(TypeError, match="qty must be a positive number"):
+        SmaCross(fast=2, slow=3, qty=float("nan"))

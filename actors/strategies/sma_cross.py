@@ -28,7 +28,7 @@ Config::
 
     [strategy]
     plugin = "actors.strategies.sma_cross:SmaCross"
-    params = { fast = 10, slow = 30, qty = 10, long_only = false }
+    params = { fast = 10, slow = 30, qty = 10, long_only = false }   # qty = 0.01 on BTC/USDT
 """
 
 from __future__ import annotations
@@ -60,10 +60,14 @@ class _Windows:
 
 
 class SmaCross(Strategy):
-    def __init__(self, fast: int, slow: int, qty: int, long_only: bool = False):
-        for k, v in (("fast", fast), ("slow", slow), ("qty", qty)):
+    def __init__(self, fast: int, slow: int, qty: int | float, long_only: bool = False):
+        for k, v in (("fast", fast), ("slow", slow)):
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise TypeError(f"SmaCross: {k} must be a positive int, not {v!r}")
+        # qty: whole units, or a fraction of a crypto (0.01 BTC); the instrument's step is
+        # checked when an order is made (Context.target_position names it).
+        if not isinstance(qty, (int, float)) or isinstance(qty, bool) or not (0 < qty < float("inf")):
+            raise TypeError(f"SmaCross: qty must be a positive number, not {qty!r}")
         if fast >= slow:
             raise TypeError(f"SmaCross: fast ({fast}) must be shorter than slow ({slow})")
         self.fast, self.slow, self.qty, self.long_only = fast, slow, qty, bool(long_only)
